@@ -1,0 +1,93 @@
+"""Shared fixtures: an offline Ultralytics environment, one tiny dataset, subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Set before anything imports Ultralytics (it reads settings at import): no network, settings in a temp dir.
+os.environ.update(
+    YOLO_OFFLINE="1",
+    YOLO_CONFIG_DIR=tempfile.mkdtemp(prefix="ultralytics-ema-tests-"),
+    YOLO_VERBOSE="True",
+    MPLBACKEND="Agg",
+)
+os.environ.pop("ULTRALYTICS_EMA_AUTOLOAD", None)
+os.environ.pop("ULTRALYTICS_SAFE_LOAD", None)
+BIN = Path(sys.executable).parent
+
+
+def run(
+    args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run a command in a fresh process (as a user would), with the test environment plus ``env``; capture output."""
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def yolo(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run the ``yolo`` CLI of this environment in a subprocess."""
+    return run([str(BIN / "yolo"), *args], **kwargs)
+
+
+def python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in a subprocess."""
+    return run([sys.executable, "-c", code], **kwargs)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> str:
+    """Assert exit code 0 and return stdout + stderr."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, f"exit {result.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def result(out: str) -> list[str]:
+    """Fields of the last ``RESULT ...`` line a subprocess printed (other lines are logs and warnings)."""
+    lines = [line.split()[1:] for line in out.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"no RESULT line in:\n{out[-3000:]}"
+    return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one shared dataset: the demo generator at 64 px, 32 train / 8 val images. Returns its data YAML."""
+    from ultralytics_ema.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "tiny", n_train=32, n_val=8, imgsz=64)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """Train YOLO11n-EMA for 1 epoch with the ``yolo`` CLI (no import line); return the run directory."""
+    project = tmp_path_factory.mktemp("runs")
+    out = assert_ok(
+        yolo(
+            "train",
+            "model=yolo11n-ema.yaml",
+            f"data={tiny_data}",
+            "epochs=1",
+            "imgsz=64",
+            "batch=16",
+            "workers=0",
+            "plots=False",
+            f"project={project}",
+            "name=train",
+            cwd=project,
+        )
+    )
+    assert "ultralytics_ema.ema.EMA" in out  # the model table lists the EMA layers
+    return project / "train"

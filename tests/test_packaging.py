@@ -1,0 +1,47 @@
+"""The wheel ships the package, the YAMLs of cfg/ inside it, and the startup hook at its root."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import ROOT, assert_ok, run
+
+
+def test_wheel_contents(tmp_path: Path):
+    assert_ok(
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(tmp_path),
+                str(ROOT),
+            ]
+        )
+    )
+    (wheel,) = tmp_path.glob("ultralytics_ema-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    cfg = {f"ultralytics_ema/cfg/{p.relative_to(ROOT / 'cfg').as_posix()}" for p in (ROOT / "cfg").rglob("*.yaml")}
+    package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ultralytics_ema").rglob("*.py") if "cfg" not in p.parts}
+    assert {"ultralytics_ema/cfg/models/yolo11-ema.yaml", "ultralytics_ema/cfg/datasets/ema-demo.yaml"} <= cfg
+    assert cfg <= names and package <= names
+    pth = zipfile.ZipFile(wheel).read("ultralytics_ema_autoload.pth").decode()
+    assert pth.count("\n") == 1 and pth.startswith("import os, sys; ") and "ULTRALYTICS_EMA_AUTOLOAD" in pth
+
+
+def test_installed_package_sees_cfg():
+    from ultralytics_ema.patches import CFG_DIR, packaged
+
+    assert sorted(p.name for p in packaged("models")) == sorted(
+        p.name for p in (ROOT / "cfg" / "models").glob("*.yaml")
+    )
+    assert (CFG_DIR / "datasets" / "ema-demo.yaml").read_bytes() == (
+        ROOT / "cfg" / "datasets" / "ema-demo.yaml"
+    ).read_bytes()

@@ -1,0 +1,200 @@
+"""Every place where ultralytics-ema changes Ultralytics, and why. Nothing on disk is edited.
+
+``ultralytics.nn.tasks`` (patched by :func:`patch_tasks`):
+    ``parse_model``
+        Its layer loop gets one more branch, just before the final ``else: c2 = ch[f]``: a layer registered in
+        :data:`ultralytics_ema.registry.LAYERS` takes its constructor arguments and output channels from its channel
+        rule (for EMA: input channels of its ``from`` layer, after width scaling). The branch is inserted into the
+        function's syntax tree, found by structure (the ``for i, (f, n, m, args)`` loop and its ``if m ...`` chain),
+        not by line numbers, and the recompiled code replaces ``parse_model.__code__`` in one assignment, so every
+        reference to the function sees it. A parser of another shape raises :class:`UnsupportedUltralyticsError`
+        before anything is changed.
+    module namespace
+        Registered layer names (``EMA``) are added, because ``parse_model`` looks YAML module names up in its globals.
+    ``check_yaml``
+        Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ...) resolve to
+        ``ultralytics_ema/cfg/models``, as stock names resolve to Ultralytics' own cfg folder.
+    ``torch.serialization`` allow-list
+        Registered layers (and EMA's fork path ``ultralytics.nn.attention.EMA_attention.EMA``) are added with
+        ``torch.serialization.add_safe_globals``, so checkpoints load with ``ULTRALYTICS_SAFE_LOAD=1``.
+``ultralytics.data.utils`` (patched by :func:`patch_data_utils`):
+    ``check_file``
+        Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``) resolve to
+        ``ultralytics_ema/cfg/datasets``.
+
+:mod:`ultralytics_ema.autoload` decides when these run. Each is idempotent and thread-safe.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import threading
+from pathlib import Path
+from types import CodeType, ModuleType
+from typing import Callable
+
+from ultralytics_ema.registry import LAYERS, LayerEntry
+
+SUPPORTED_ULTRALYTICS = ">=8.3.0,<8.5"  # keep in sync with pyproject.toml (a test checks)
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
+FORK_PATHS = {"EMA": ("ultralytics.nn.attention.EMA_attention.EMA", "ultralytics.nn.attention.EMA")}
+
+_MARK = "__ultralytics_ema_patched__"
+_LOCK = threading.RLock()
+_BRANCH = """
+if m in _ultralytics_ema_layers:
+    c2, args = _ultralytics_ema_layers.layer_args(m, i, f, ch, args)
+"""
+
+
+class UnsupportedUltralyticsError(RuntimeError):
+    """The installed Ultralytics cannot be patched; nothing was changed."""
+
+
+def apply() -> None:
+    """Register the layers with Ultralytics now (imports it); raise if that is impossible.
+
+    Raises:
+        UnsupportedUltralyticsError: If the installed Ultralytics is outside :data:`SUPPORTED_ULTRALYTICS` or its
+            model parser does not have the expected structure.
+    """
+    import ultralytics.data.utils
+    import ultralytics.nn.tasks
+
+    patch_tasks(ultralytics.nn.tasks)
+    patch_data_utils(ultralytics.data.utils)
+
+
+def patch_tasks(tasks: ModuleType) -> None:
+    """Patch ``ultralytics.nn.tasks``: parser branch, layer names, packaged model YAMLs, safe-load allow-list."""
+    with _LOCK:
+        if getattr(tasks, _MARK, False):
+            return
+        _check_version()
+        code = _parse_model_code(tasks.parse_model)  # raises before anything is changed
+        for entry in LAYERS:
+            _check_name_free(tasks, entry, force=False)
+        tasks._ultralytics_ema_layers = LAYERS
+        LAYERS.subscribe(functools.partial(_expose, tasks))
+        tasks.parse_model.__code__ = code
+        tasks.check_yaml = _packaged_first(tasks.check_yaml, CFG_DIR / "models")
+        setattr(tasks, _MARK, True)
+
+
+def patch_data_utils(data_utils: ModuleType) -> None:
+    """Patch ``ultralytics.data.utils``: bare names of packaged dataset YAMLs resolve."""
+    with _LOCK:
+        if getattr(data_utils, _MARK, False):
+            return
+        _check_version()
+        data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets")
+        setattr(data_utils, _MARK, True)
+
+
+def _check_version() -> None:
+    """Raise :class:`UnsupportedUltralyticsError` outside :data:`SUPPORTED_ULTRALYTICS`."""
+    import ultralytics
+    from ultralytics.utils.checks import check_version
+
+    if not check_version(ultralytics.__version__, SUPPORTED_ULTRALYTICS):
+        raise UnsupportedUltralyticsError(
+            f"ultralytics=={ultralytics.__version__} is not supported; ultralytics-ema supports "
+            f"ultralytics{SUPPORTED_ULTRALYTICS} (pip install 'ultralytics{SUPPORTED_ULTRALYTICS}')"
+        )
+
+
+def _parse_model_code(parse_model: Callable) -> CodeType:
+    """Return the code of ``parse_model`` with the registered-layer branch added before its final ``else``."""
+    import ultralytics
+
+    def unsupported(reason: str) -> UnsupportedUltralyticsError:
+        return UnsupportedUltralyticsError(
+            f"cannot add EMA to ultralytics=={ultralytics.__version__} (supported: ultralytics"
+            f"{SUPPORTED_ULTRALYTICS}): parse_model {reason}"
+        )
+
+    try:
+        tree = ast.parse(inspect.getsource(parse_model))
+    except (OSError, TypeError, SyntaxError) as e:
+        raise unsupported(f"source is unavailable ({e})") from None
+    layer_loops = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.For)
+        and [n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)] == ["i", "f", "n", "m", "args"]
+    ]
+    if len(layer_loops) != 1:
+        raise unsupported("has no single 'for i, (f, n, m, args) in ...' layer loop")
+    chains = [node for node in layer_loops[0].body if isinstance(node, ast.If)]
+    for chain in chains:
+        last = chain
+        while len(last.orelse) == 1 and isinstance(last.orelse[0], ast.If):
+            last = last.orelse[0]
+        if last is not chain and ast.unparse(last.orelse) == "c2 = ch[f]":
+            break
+    else:
+        raise unsupported("has no 'if m ... elif ... else: c2 = ch[f]' chain in its layer loop")
+    branch = ast.parse(_BRANCH).body[0]
+    for node in ast.walk(branch):
+        ast.copy_location(node, last.orelse[0])
+    branch.orelse = last.orelse
+    last.orelse = [branch]
+    ast.increment_lineno(tree, parse_model.__code__.co_firstlineno - 1)
+    module_code = compile(tree, parse_model.__code__.co_filename, "exec", dont_inherit=True)
+    code = next(c for c in module_code.co_consts if isinstance(c, CodeType) and c.co_name == parse_model.__name__)
+    if code.co_freevars != parse_model.__code__.co_freevars:
+        raise unsupported("is a closure")
+    return code
+
+
+def _check_name_free(tasks: ModuleType, entry: LayerEntry, force: bool) -> None:
+    """Raise if ``entry.name`` is taken in ``tasks`` by something other than a registered layer."""
+    taken = tasks.__dict__.get(entry.name)
+    if taken is not None and taken is not entry.cls and taken not in LAYERS and not force:
+        where = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', entry.name)}"
+        raise ValueError(
+            f"layer name {entry.name!r} is already taken in ultralytics.nn.tasks by {where}; "
+            f"register {entry.cls.__qualname__} under another name or use force=True"
+        )
+
+
+def _expose(tasks: ModuleType, entry: LayerEntry, force: bool) -> None:
+    """Make a registered layer visible to ``parse_model`` and to restricted (weights-only) checkpoint loading."""
+    _check_name_free(tasks, entry, force)
+    setattr(tasks, entry.name, entry.cls)
+    import torch
+
+    if hasattr(torch.serialization, "add_safe_globals"):
+        aliases = [(entry.cls, path) for path in FORK_PATHS.get(entry.name, ())]
+        torch.serialization.add_safe_globals([entry.cls, *aliases])
+
+
+def _packaged_first(check: Callable, folder: Path) -> Callable:
+    """Wrap an Ultralytics file check so that a bare file name found in ``folder`` resolves there."""
+    if getattr(check, _MARK, False):
+        return check
+
+    @functools.wraps(check)
+    def check_packaged_first(file, *args, **kwargs):
+        name = str(file)
+        if name and Path(name).name == name and not Path(name).exists() and (folder / name).is_file():
+            return str(folder / name)
+        return check(file, *args, **kwargs)
+
+    setattr(check_packaged_first, _MARK, True)
+    return check_packaged_first
+
+
+def packaged(kind: str) -> list[Path]:
+    """Return the packaged YAML files of ``kind`` ('models' or 'datasets').
+
+    Examples:
+        >>> [p.name for p in packaged("models")]
+        ['yolo11-ema-backbone.yaml', 'yolo11-ema.yaml']
+    """
+    return sorted((CFG_DIR / kind).glob("*.yaml"))
+
+
+__all__ = ["CFG_DIR", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "apply", "packaged"]
