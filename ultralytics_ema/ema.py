@@ -10,20 +10,27 @@ this is an attention layer, named ``EMA`` in model YAMLs as in the paper.
 The layer splits the channels into ``factor`` groups and, per group, mixes a coordinate-attention branch (1x1 conv on
 row/column means, then GroupNorm) and a 3x3 conv branch through "cross-spatial" softmax weights. Parameters
 (``gn``, ``conv1x1``, ``conv3x3``) have the names and shapes of the official code, so its weights load unchanged. The
-forward pass computes the same function as :mod:`ultralytics_ema.reference` with fewer passes over memory:
+forward pass computes the same function as :mod:`ultralytics_ema.reference` with fewer passes over memory and no
+full 3x3 conv output:
 
-- the GroupNorm has one channel per group, so the spatial mean of its output is exactly its bias, and the first
-  softmax depends on the weights only;
-- the softmax-weighted channel sum of the 3x3 conv output is a single 3x3 conv with one output per group, run as a
-  grouped conv on the ``(b, c, h, w)`` layout;
-- the spatial mean of the zero-padded 3x3 conv output follows from the input's total, first/last row and column
-  sums and corner pixels, so the full conv output is never computed;
-- the normalised branch enters only through per-channel statistics and one weighted channel sum.
+- the GroupNorm has one channel per group, so the spatial mean of its output is exactly its bias: the first softmax
+  depends on the weights only. As softmax weights sum to one, the constant that the 3x3 conv bias adds to the
+  attention map is folded into the GroupNorm bias;
+- the softmax-weighted channel sum of the 3x3 conv output is one 3x3 kernel per input channel: a depthwise conv on a
+  channels_last copy of the input (the fast layout for depthwise convs on CPU), then one matmul that adds up the
+  channels of each group;
+- the spatial mean of the zero-padded 3x3 conv output, which feeds the second softmax, follows from the input's total,
+  first/last row and column sums and corner pixels (inclusion-exclusion), so the conv output is never computed;
+- the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map.
 
-Only means, slices and plain convs are used (no adaptive pooling), so the layer exports to ONNX with dynamic shapes.
+Only means, indexing with constant indices, plain convs and matmuls are used (no adaptive pooling, no branching on
+tensor values), so the layer traces and exports to ONNX with dynamic batch and image size.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +41,45 @@ __all__ = ["EMA"]
 # Submodules of the official class that hold no parameters; checkpoints pickled with it carry them.
 _PARAMETERLESS = ("softmax", "agp", "pool_h", "pool_w")
 
+# Window sums of a zero-padded 3x3 conv from 9 input features. Tap (u, v) reads the input shifted by (u - 1, v - 1):
+# tap row 0 never reads the last row, tap row 2 never the first row (likewise for columns), and inclusion-exclusion
+# adds back the corner pixel excluded twice. Rows: features in the order the forward pass builds them; columns: taps
+# in row-major order (u * 3 + v).
+_WINDOW = torch.tensor(
+    [
+        [-1.0, -1, -1, 0, 0, 0, 0, 0, 0],  # sum of the last row
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # x[-1, -1]
+        [0, 0, 1, 0, 0, 0, 0, 0, 0],  # x[-1, 0]
+        [0, 0, 0, 0, 0, 0, -1, -1, -1],  # sum of the first row
+        [0, 0, 0, 0, 0, 0, 1, 0, 0],  # x[0, -1]
+        [0, 0, 0, 0, 0, 0, 0, 0, 1],  # x[0, 0]
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],  # total
+        [-1, 0, 0, -1, 0, 0, -1, 0, 0],  # sum of the last column
+        [0, 0, -1, 0, 0, -1, 0, 0, -1],  # sum of the first column
+    ]
+).t()  # (taps, features)
+
 
 def valid_factors(channels: int) -> list[int]:
     """Return the group counts that divide ``channels``."""
     return [d for d in range(1, channels + 1) if channels % d == 0]
+
+
+def _group_sum_matrix(groups: int, group_channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Return the constant ``(groups, groups * group_channels)`` 0/1 matrix that adds up the channels of each group."""
+    if torch.jit.is_tracing():  # a cached tensor would be recorded differently from a new one: build it every time
+        return torch.eye(groups, dtype=dtype, device=device).repeat_interleave(group_channels, 1)
+    return _group_sum_matrix_cached(groups, group_channels, dtype, device)
+
+
+@functools.cache
+def _group_sum_matrix_cached(
+    groups: int, group_channels: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """:func:`_group_sum_matrix`, made once per shape, dtype and device."""
+    # A normal tensor even if first made in inference mode (torch >= 1.9), since autograd may save it later.
+    with torch.inference_mode(False) if hasattr(torch, "inference_mode") else contextlib.nullcontext():
+        return torch.eye(groups, dtype=dtype, device=device).repeat_interleave(group_channels, 1)
 
 
 class EMA(nn.Module):
@@ -82,60 +124,38 @@ class EMA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attention to ``x`` of shape ``(b, c, h, w)``."""
-        b, c, h, w = x.shape
-        g = self.groups
-        cg = c // g
-        gx = x.reshape(b * g, cg, h, w)
+        b, _, h, w = x.shape
+        g, cg = self.groups, self.gn.num_channels  # Python ints (constants when traced), unlike sizes read from x
+        c, bg = g * cg, b * g
+        gx = x.reshape(bg, cg, h, w)
+        w3, b3, beta = self.conv3x3.weight, self.conv3x3.bias, self.gn.bias  # any memory format: reshape, not view
+        s1 = beta.softmax(0)  # first softmax: the GroupNorm output's spatial mean is exactly its bias
 
-        # Coordinate branch: shared 1x1 conv on row and column means, then per-channel sigmoid gates.
+        # Coordinate branch: shared 1x1 conv on row and column means, per-channel sigmoid gates.
         row_mean, col_mean = gx.mean(3), gx.mean(2)  # (bg, cg, h), (bg, cg, w)
-        gates = torch.cat([row_mean, col_mean], 2)
         gates = torch.baddbmm(
-            self.conv1x1.bias.view(1, cg, 1).to(gates.dtype).expand(b * g, cg, 1),
-            self.conv1x1.weight.view(1, cg, cg).to(gates.dtype).expand(b * g, cg, cg),
-            gates,
+            self.conv1x1.bias.reshape(1, cg, 1).expand(bg, cg, 1),
+            self.conv1x1.weight.reshape(1, cg, cg).expand(bg, cg, cg),
+            torch.cat([row_mean, col_mean], 2),
         ).sigmoid()
-        gate_h, gate_w = gates.split([h, w], 2)
-        y = gx * gate_h.unsqueeze(3) * gate_w.unsqueeze(2)  # GroupNorm input, (bg, cg, h, w)
 
-        # 3x3 branch statistics: spatial mean of conv3x3(gx) without computing it.
-        w3, b3 = self.conv3x3.weight, self.conv3x3.bias
-        conv3_mean = b3 + torch.einsum("kjuv,njuv->nk", w3.to(x.dtype), _window_sums(gx, row_mean, col_mean)) / (h * w)
+        # Second softmax: spatial means of conv3x3(gx) from window features (see _WINDOW).
+        edges = torch.cat([gx[:, :, [-1, 0]], col_mean[:, :, None] * h], 2)  # last row, first row, column sums
+        feats = torch.cat([edges.sum(3, keepdim=True), edges[..., [-1, 0]]], 3).flatten(1)  # (bg, cg * 9)
+        window = (w3.reshape(cg * cg, 9) @ _WINDOW.to(w3)).view(cg, cg * 9).t()  # features -> conv3x3 sums
+        s2 = torch.addmm(b3, feats / (h * w), window).softmax(1)  # (bg, cg)
 
-        # Cross-spatial weights: softmax(mean x1) . x2 + softmax(mean x2) . x1, with x1 = GroupNorm(y), x2 = conv3x3.
-        y = y.reshape(b * g, cg, h * w)
-        mean = y.mean(2, keepdim=True)
-        y = y - mean
-        rstd = (y.square().mean(2) + self.gn.eps).rsqrt()  # two-pass variance, as GroupNorm
-        s1 = self.gn.bias.softmax(0)  # mean of x1 per channel is exactly the GroupNorm bias
-        s2 = conv3_mean.softmax(1)
-        alpha = (s2 * self.gn.weight * rstd).unsqueeze(1)  # x1 = weight * rstd * y + bias, per (bg, cg)
-        offset = (s2 * self.gn.bias).sum(1) + (s1 * b3).sum()  # (bg,)
-        # sum_k s1_k conv3x3_k(gx) is one 3x3 kernel per group: a depthwise conv (fast on channels_last) + group sum.
-        kernel = torch.einsum("k,kjuv->juv", s1, w3).repeat(g, 1, 1).unsqueeze(1)  # (c, 1, 3, 3)
-        xcl = x.contiguous(memory_format=torch.channels_last)
-        weights = F.conv2d(xcl, kernel.to(x.dtype), padding=1, groups=c).unflatten(1, (g, cg)).sum(2)
-        weights = torch.baddbmm(weights.reshape(b * g, 1, h * w) + offset.view(-1, 1, 1), alpha.to(y.dtype), y)
-        return (gx * weights.view(b * g, 1, h, w).sigmoid()).reshape(b, c, h, w)
-
-
-def _window_sums(x: torch.Tensor, row_mean: torch.Tensor, col_mean: torch.Tensor) -> torch.Tensor:
-    """Sum of ``x`` under each tap of a zero-padded 3x3 conv, shape ``(n, c, 3, 3)``, from border sums and corners.
-
-    Tap ``(u, v)`` reads input rows shifted by ``u - 1``: tap row 0 never reads the last row, tap row 2 never the
-    first; likewise for columns. Inclusion-exclusion adds back the one corner pixel excluded twice.
-    """
-    h, w = x.shape[-2:]
-    total = row_mean.sum(2) * w
-    zero = torch.zeros_like(total)
-    rows = torch.stack([row_mean[..., -1] * w, zero, row_mean[..., 0] * w], -1)  # excluded row sum per tap row
-    cols = torch.stack([col_mean[..., -1] * h, zero, col_mean[..., 0] * h], -1)  # excluded column sum per tap column
-    corners = torch.stack(
-        [
-            torch.stack([x[..., -1, -1], zero, x[..., -1, 0]], -1),
-            torch.stack([zero, zero, zero], -1),
-            torch.stack([x[..., 0, -1], zero, x[..., 0, 0]], -1),
-        ],
-        -2,
-    )
-    return total[..., None, None] - rows.unsqueeze(-1) - cols.unsqueeze(-2) + corners
+        # Attention map. First-softmax-weighted conv3x3: a depthwise conv, then a matmul that sums each group.
+        # Temporaries are passed on, not kept, so that their memory is reused early.
+        kernel = (s1 @ w3.reshape(cg, cg * 9)).view(cg, 1, 3, 3).repeat(g, 1, 1, 1)  # (c, 1, 3, 3)
+        weights = torch.matmul(
+            _group_sum_matrix(g, cg, x.dtype, x.device),
+            F.conv2d(x.contiguous(memory_format=torch.channels_last), kernel, padding=1, groups=c).flatten(2),
+        ).reshape(bg, 1, h * w)
+        # Plus the second-softmax-weighted GroupNorm of the gated input (bias: + the constant from conv3x3.bias).
+        y = (gates[..., :h, None] * gates[..., None, h:]).mul_(gx)  # outer product of the gates, times the input
+        x1 = torch.group_norm(y, cg, self.gn.weight, beta + s1 @ b3, self.gn.eps).reshape(bg, cg, h * w)
+        del y
+        weights = weights.baddbmm_(s2.unsqueeze(1).to(weights.dtype), x1.to(weights.dtype))
+        del x1
+        return (gx * weights.sigmoid_().view(bg, 1, h, w)).view(b, c, h, w)

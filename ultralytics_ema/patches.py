@@ -11,6 +11,10 @@
         before anything is changed.
     module namespace
         Registered layer names (``EMA``) are added, because ``parse_model`` looks YAML module names up in its globals.
+    ``BaseModel.load``
+        Wrapped by :func:`ultralytics_ema.transfer.load`: checkpoint layers are matched to the model's layers by type
+        sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained weights off
+        their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
     ``check_yaml``
         Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ...) resolve to
         ``ultralytics_ema/cfg/models``, as stock names resolve to Ultralytics' own cfg folder.
@@ -19,8 +23,10 @@
         ``torch.serialization.add_safe_globals``, so checkpoints load with ``ULTRALYTICS_SAFE_LOAD=1``.
 ``ultralytics.data.utils`` (patched by :func:`patch_data_utils`):
     ``check_file``
-        Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``) resolve to
-        ``ultralytics_ema/cfg/datasets``.
+        Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``, ``coco-local.yaml``,
+        ``visdrone-local.yaml``) resolve to ``ultralytics_ema/cfg/datasets``; the ``-local`` ones get their root from
+        an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing
+        (:mod:`ultralytics_ema.datasets.local`).
 
 :mod:`ultralytics_ema.autoload` decides when these run. Each is idempotent and thread-safe.
 """
@@ -79,6 +85,7 @@ def patch_tasks(tasks: ModuleType) -> None:
         tasks._ultralytics_ema_layers = LAYERS
         LAYERS.subscribe(functools.partial(_expose, tasks))
         tasks.parse_model.__code__ = code
+        tasks.BaseModel.load = _aligned_load(tasks.BaseModel.load)
         tasks.check_yaml = _packaged_first(tasks.check_yaml, CFG_DIR / "models")
         setattr(tasks, _MARK, True)
 
@@ -89,7 +96,9 @@ def patch_data_utils(data_utils: ModuleType) -> None:
         if getattr(data_utils, _MARK, False):
             return
         _check_version()
-        data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets")
+        from ultralytics_ema.datasets.local import resolve
+
+        data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets", resolve)
         setattr(data_utils, _MARK, True)
 
 
@@ -171,8 +180,19 @@ def _expose(tasks: ModuleType, entry: LayerEntry, force: bool) -> None:
         torch.serialization.add_safe_globals([entry.cls, *aliases])
 
 
-def _packaged_first(check: Callable, folder: Path) -> Callable:
-    """Wrap an Ultralytics file check so that a bare file name found in ``folder`` resolves there."""
+def _aligned_load(load: Callable) -> Callable:
+    """Wrap ``BaseModel.load`` so that checkpoint layers are aligned to the model's first."""
+    from ultralytics_ema import transfer
+
+    @functools.wraps(load)
+    def aligned_load(self, weights, verbose=True):
+        return transfer.load(load, self, weights, verbose)
+
+    return aligned_load
+
+
+def _packaged_first(check: Callable, folder: Path, resolve: Callable | None = None) -> Callable:
+    """Wrap an Ultralytics file check so that a bare file name found in ``folder`` resolves there (via ``resolve``)."""
     if getattr(check, _MARK, False):
         return check
 
@@ -180,7 +200,7 @@ def _packaged_first(check: Callable, folder: Path) -> Callable:
     def check_packaged_first(file, *args, **kwargs):
         name = str(file)
         if name and Path(name).name == name and not Path(name).exists() and (folder / name).is_file():
-            return str(folder / name)
+            return str(resolve(folder / name) if resolve else folder / name)
         return check(file, *args, **kwargs)
 
     setattr(check_packaged_first, _MARK, True)

@@ -1,0 +1,344 @@
+#!/usr/bin/env python
+"""CPU benchmark of the EMA layer and of YOLO11n-EMA; prints markdown tables.
+
+(a) Module level: :class:`ultralytics_ema.EMA` against :class:`ultralytics_ema.ReferenceEMA` (the step-by-step math
+    of the official code) with the same weights, on the feature maps that the EMA layers of YOLO11n and YOLO11s see at
+    imgsz 640, batch 1 and 8, forward (no_grad) and forward + backward. Each repeat runs both layers back to back, in
+    alternating order, in one process; the tables give medians.
+(b) Model level: YOLO11n against YOLO11n-EMA (EMA on the three neck outputs, factor 32, built from the plugin's
+    ``yolo11n-ema.yaml``): parameters, GFLOPs (torch's FLOP counter, fused model, imgsz 640), PyTorch latency (imgsz
+    640, batch 1, fused, eval, no_grad), ONNX Runtime latency (both exported with ``torch.onnx.export`` to a temporary
+    folder) and the time of one training step (forward, loss, backward; batch 8 at imgsz 640). The models take turns.
+
+Rows with a target from the project's specification say whether the measured ratio meets it. Timings on a shared or
+throttled machine are noisy: compare runs taken on the same machine, and prefer several runs to one.
+
+Examples:
+    python scripts/benchmark.py            # full run, about 5-10 minutes on 2 CPU cores
+    python scripts/benchmark.py --quick    # fewer shapes and repeats, smaller training step: about 1 minute
+    python scripts/benchmark.py --only module --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+os.environ["YOLO_OFFLINE"] = "1"  # before Ultralytics is imported: no network access
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+import torch
+
+try:
+    import ultralytics_ema
+except ImportError:  # running from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import ultralytics_ema
+
+from ultralytics_ema.ema import EMA
+from ultralytics_ema.reference import ReferenceEMA
+
+# Feature maps (channels, height, width) of the EMA layers of YOLO11n and YOLO11s-EMA at imgsz 640 (P3, P4, P5).
+SHAPES = {"n": [(64, 80, 80), (128, 40, 40), (256, 20, 20)], "s": [(128, 80, 80), (256, 40, 40), (512, 20, 20)]}
+# Speed-up targets (reference ms / fast ms) of the specification, by (channels, height, width, batch, pass).
+MODULE_TARGETS = {
+    (64, 80, 80, 8, "fwd"): 4.0,
+    (64, 80, 80, 1, "fwd"): 2.0,
+    (256, 20, 20, 1, "fwd"): 2.0,
+    (64, 80, 80, 8, "fwd+bwd"): 2.5,
+}
+# Ratio targets (YOLO11n-EMA / YOLO11n) of the specification.
+MODEL_TARGETS = {"PyTorch latency": 1.03, "ONNX Runtime latency": 1.03, "training step": 1.05}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def take_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Run each function ``warmup`` times, then ``repeats`` times in turn (order alternating); seconds per call."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for i in range(repeats):
+        for name in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def repeats_for(fns: dict[str, Callable[[], object]], budget: float, low: int, high: int) -> int:
+    """Repeats that fit ``budget`` seconds (at least ``low``, at most ``high``), from one timed call of each."""
+    start = time.perf_counter()
+    for fn in fns.values():
+        fn()
+    per_round = max(time.perf_counter() - start, 1e-6)
+    return max(low, min(high, int(budget / per_round)))
+
+
+def verdict(ratio: float, target: float | None, higher_is_better: bool) -> str:
+    """Markdown cell: the target and whether ``ratio`` meets it."""
+    if target is None:
+        return ""
+    met = ratio >= target if higher_is_better else ratio <= target
+    return f"{'≥' if higher_is_better else '≤'}{target:g}: {'met' if met else 'NOT met'}"
+
+
+def layer_call(m: torch.nn.Module, x: torch.Tensor, kind: str, grad_out: torch.Tensor) -> Callable[[], object]:
+    """A call of layer ``m``: forward under no_grad (``kind`` 'fwd'), or forward + backward of ``grad_out``."""
+    if kind == "fwd":
+
+        def forward() -> object:
+            with torch.no_grad():
+                return m(x)
+
+        return forward
+    xg = x.clone().requires_grad_(True)
+
+    def forward_backward() -> object:
+        m.zero_grad(set_to_none=True)
+        xg.grad = None
+        m(xg).backward(grad_out)
+
+    return forward_backward
+
+
+def module_rows(quick: bool) -> list[str]:
+    """Markdown rows of the module-level table."""
+    shapes = SHAPES["n"] if quick else SHAPES["n"] + SHAPES["s"]
+    budget, low, high = (0.5, 5, 40) if quick else (4.0, 9, 300)
+    rows = []
+    for c, h, w in shapes:
+        for batch in (1, 8):
+            torch.manual_seed(0)
+            fast = EMA(c, 32)
+            ref = ReferenceEMA(c, 32)
+            ref.load_state_dict(fast.state_dict())
+            x = torch.randn(batch, c, h, w)
+            grad_out = torch.randn_like(x)
+            for kind in ("fwd", "fwd+bwd"):
+                fns = {"ref": layer_call(ref, x, kind, grad_out), "fast": layer_call(fast, x, kind, grad_out)}
+                times = take_turns(fns, repeats_for(fns, budget, low, high))
+                t_ref, t_fast = statistics.median(times["ref"]) * 1e3, statistics.median(times["fast"]) * 1e3
+                ratio = t_ref / t_fast
+                target = verdict(ratio, MODULE_TARGETS.get((c, h, w, batch, kind)), higher_is_better=True)
+                rows.append(
+                    f"| ({c}, {h}, {w}) | {batch} | {kind} | {t_ref:.3f} | {t_fast:.3f} | {ratio:.2f}x "
+                    f"| {len(times['ref'])} | {target} |"
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def detection_models() -> dict[str, torch.nn.Module]:
+    """YOLO11n and YOLO11n-EMA detection models (random weights), the latter from the plugin's YAML."""
+    from ultralytics import YOLO
+
+    ultralytics_ema.apply()
+    models = {"YOLO11n": YOLO("yolo11n.yaml").model, "YOLO11n-EMA": YOLO("yolo11n-ema.yaml").model}
+    n_ema = sum(isinstance(m, EMA) for m in models["YOLO11n-EMA"].modules())
+    assert n_ema == 3, f"yolo11n-ema.yaml built {n_ema} EMA layers, expected 3"
+    return models
+
+
+def gflops(model: torch.nn.Module, imgsz: int) -> float:
+    """GFLOPs of one forward pass at batch 1 (torch's FLOP counter: 2 per multiply-add of convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, imgsz, imgsz))
+    return counter.get_total_flops() / 1e9
+
+
+def with_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose EMA layers are ReferenceEMA layers with the same weights (for the FLOP count)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is EMA:
+                ref = ReferenceEMA(child.gn.num_channels * child.groups, child.groups)
+                ref.load_state_dict(child.state_dict())
+                for attr in ("i", "f", "type", "np"):  # Ultralytics' bookkeeping attributes
+                    if hasattr(child, attr):
+                        setattr(ref, attr, getattr(child, attr))
+                setattr(parent, name, ref)
+    return model
+
+
+def export_onnx(model: torch.nn.Module, path: Path, imgsz: int) -> Path:
+    """Export a fused detection model to ONNX (batch 1, static shape, opset 17) as Ultralytics' exporter does."""
+    detect = model.model[-1]
+    detect.export, detect.format = True, "onnx"
+    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, 3, imgsz, imgsz),),
+                str(path),
+                opset_version=17,
+                input_names=["images"],
+                output_names=["output0"],
+                **kwargs,
+            )
+    finally:
+        detect.export, detect.format = False, None
+    return path
+
+
+def model_rows(quick: bool) -> list[str]:
+    """Markdown rows of the model-level table."""
+    from ultralytics.cfg import get_cfg
+
+    imgsz = 640
+    infer_repeats, train_repeats = (8, 2) if quick else (40, 6)
+    train_batch, train_imgsz = (2, 320) if quick else (8, 640)
+    models = detection_models()
+    names = list(models)
+    rows = []
+
+    def add(metric: str, values: dict[str, float], fmt: str, target_key: str | None = None) -> None:
+        ratio = values[names[1]] / values[names[0]]
+        target = verdict(ratio, MODEL_TARGETS.get(target_key or metric), higher_is_better=False)
+        rows.append(f"| {metric} | {values[names[0]]:{fmt}} | {values[names[1]]:{fmt}} | {ratio:.4f} | {target} |")
+        print(rows[-1], flush=True)
+
+    add("parameters", {k: float(sum(p.numel() for p in m.parameters())) for k, m in models.items()}, ",.0f")
+
+    # Training step: forward, loss and backward on a fixed synthetic batch (4 boxes per image), BatchNorm in train mode.
+    g = torch.Generator().manual_seed(0)
+    n_boxes = 4 * train_batch
+    batch = {
+        "img": torch.rand(train_batch, 3, train_imgsz, train_imgsz, generator=g),
+        "batch_idx": torch.arange(train_batch).repeat_interleave(4).float(),
+        "cls": torch.randint(0, 80, (n_boxes, 1), generator=g).float(),
+        "bboxes": torch.rand(n_boxes, 4, generator=g) * 0.4 + 0.3,
+    }
+
+    def train_step(model: torch.nn.Module) -> Callable[[], object]:
+        def fn() -> object:
+            model.zero_grad(set_to_none=True)
+            loss, _ = model.loss(batch)
+            loss.sum().backward()
+
+        return fn
+
+    for model in models.values():
+        model.args = get_cfg()
+        model.train()
+    times = take_turns({k: train_step(m) for k, m in models.items()}, train_repeats, warmup=1)
+    add(
+        f"training step, batch {train_batch}, imgsz {train_imgsz} (ms)",
+        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        ".1f",
+        "training step",
+    )
+
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        model.fuse()  # prints a summary when YOLO_VERBOSE is on
+    add(f"GFLOPs, imgsz {imgsz} (fused)", {k: gflops(m, imgsz) for k, m in models.items()}, ".3f")
+    ref_gflops = gflops(with_reference_layers(models[names[1]]), imgsz)
+    rows.append(f"| GFLOPs of YOLO11n-EMA computed as the reference does (for comparison) | | {ref_gflops:.3f} | | |")
+    print(rows[-1], flush=True)
+
+    x = torch.randn(1, 3, imgsz, imgsz)
+
+    def infer(model: torch.nn.Module) -> Callable[[], object]:
+        def fn() -> object:
+            with torch.no_grad():
+                return model(x)
+
+        return fn
+
+    times = take_turns({k: infer(m) for k, m in models.items()}, infer_repeats, warmup=3)
+    add(
+        f"PyTorch latency, batch 1, imgsz {imgsz} (ms)",
+        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        ".2f",
+        "PyTorch latency",
+    )
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        rows.append("| ONNX Runtime latency | onnxruntime is not installed | | | |")
+        return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        # Idle thread pools must not spin while the other model's session runs: the sessions take turns.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        sessions = {}
+        for k, m in models.items():
+            path = export_onnx(m, Path(tmp) / f"{k}.onnx", imgsz)
+            sessions[k] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"images": x.numpy()}
+        times = take_turns({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, infer_repeats, 3)
+    add(
+        f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)",
+        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        ".2f",
+        "ONNX Runtime latency",
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmarks, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="YOLO11n shapes only, fewer repeats, smaller train step")
+    parser.add_argument("--only", choices=["module", "model"], help="run one of the two benchmarks")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import ultralytics
+
+    print("# EMA benchmark\n")
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads; ultralytics {ultralytics.__version__}")
+    print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
+    print(f"- mode: {'quick' if args.quick else 'full'}; medians of interleaved repeats\n", flush=True)
+    start = time.perf_counter()
+
+    if args.only in (None, "module"):
+        print("## EMA vs ReferenceEMA (factor 32, same weights, float32)\n")
+        print("| shape (c, h, w) | batch | pass | reference ms | fast ms | speed-up | repeats | target |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
+        module_rows(args.quick)
+        print()
+    if args.only in (None, "model"):
+        print("## YOLO11n vs YOLO11n-EMA\n")
+        print("| metric | YOLO11n | YOLO11n-EMA | ratio (EMA / base) | target |")
+        print("|---|---|---|---|---|", flush=True)
+        model_rows(args.quick)
+        print()
+    print(f"Total time: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

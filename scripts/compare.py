@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Baseline-vs-EMA comparison: train and validate several models with identical settings and seed, then report.
+
+Each model is trained with ``YOLO(model).train()`` on the same data with the same arguments (Ultralytics' default
+``seed=0`` and ``deterministic=True`` unless overridden), validated with its ``best.pt``, and timed on the CPU
+(batch 1, fused, eval; the models take turns so that they share the machine's state). The run directory gets:
+
+- ``comparison.md``: params, GFLOPs, CPU latency, mAP50, mAP50-95 and train time per model;
+- ``comparison.png``: mAP50-95 against CPU latency;
+- one Ultralytics run folder per model.
+
+Examples:
+    python scripts/compare.py
+    python scripts/compare.py --data coco --data-dir /data/coco --models yolo11s.yaml yolo11s-ema.yaml device=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from ultralytics_ema.recipes import add_data_arguments, resolve_arguments
+
+DEFAULT_MODELS = ["yolo11n.yaml", "yolo11n-ema.yaml", "yolo11n-ema-backbone.yaml"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="compare.py",
+        description=__doc__.split("Examples:")[0],
+        epilog="The dataset's preset applies as in scripts/train.py; key=value arguments go to every training.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="model YAMLs to compare")
+    parser.add_argument("--pretrained", metavar="PT", help="checkpoint every model starts from")
+    parser.add_argument("--latency-runs", type=int, default=30, metavar="N", help="timed CPU forward passes per model")
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    # --models takes several values, so it also swallows the key=value arguments that follow it: hand them back
+    args.overrides = [m for m in args.models if "=" in m] + args.overrides
+    args.models = [m for m in args.models if "=" not in m]
+    if not args.models:
+        parser.error("--models needs at least one model")
+    if args.latency_runs < 1:
+        parser.error("--latency-runs must be at least 1")
+    if len(set(args.models)) != len(args.models):
+        parser.error("--models lists a model twice")
+    data, preset, overrides = resolve_arguments(parser, args)
+    kwargs = {**preset, **overrides}
+    if args.pretrained:
+        kwargs["pretrained"] = args.pretrained
+
+    from ultralytics import YOLO
+    from ultralytics.utils.files import increment_path
+    from ultralytics.utils.torch_utils import get_flops
+
+    import ultralytics_ema  # noqa: F401  (registers EMA also where the startup hook is switched off)
+
+    run_dir = increment_path(Path(kwargs.pop("project", "runs/compare")) / kwargs.pop("name", "exp"), mkdir=True)
+    imgsz = kwargs.get("imgsz", 640)
+    rows = []
+    for model_name in args.models:
+        stem = Path(model_name).stem
+        model = YOLO(model_name)
+        params = sum(p.numel() for p in model.model.parameters())
+        gflops = get_flops(model.model, imgsz)
+        start = time.perf_counter()
+        model.train(data=data, project=str(run_dir), name=stem, exist_ok=True, **kwargs)
+        train_time = time.perf_counter() - start
+        best = Path(model.trainer.best)
+        metrics = YOLO(best).val(
+            data=data, imgsz=imgsz, batch=kwargs.get("batch", 16), plots=False, project=str(run_dir), name=f"{stem}-val"
+        )
+        rows.append(
+            {
+                "model": stem,
+                "weights": best,
+                "params": params,
+                "gflops": gflops,
+                "train_s": train_time,
+                "map50": metrics.box.map50,
+                "map": metrics.box.map,
+            }
+        )
+    for row, latency in zip(rows, cpu_latencies([r["weights"] for r in rows], imgsz, args.latency_runs)):
+        row["latency_ms"] = latency
+    table = markdown_table(rows, data, imgsz)
+    (run_dir / "comparison.md").write_text(table)
+    plot(rows, run_dir / "comparison.png")
+    print(f"\n{table}\nResults saved to {run_dir}")
+    return 0
+
+
+def cpu_latencies(weights: list[Path], imgsz: int, runs: int) -> list[float]:
+    """Median CPU latency in ms of each checkpoint (batch 1, fused, eval), measured in turns."""
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.utils import TQDM
+
+    models = [YOLO(w).model.float().fuse().eval().cpu() for w in weights]
+    x = torch.rand(1, 3, imgsz, imgsz)
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for m in models:  # warm-up
+            for _ in range(3):
+                m(x)
+        for _ in TQDM(range(runs), desc="CPU latency"):
+            for m, t in zip(models, times):
+                start = time.perf_counter()
+                m(x)
+                t.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
+
+
+def markdown_table(rows: list[dict], data: str, imgsz: int) -> str:
+    """The comparison as a markdown table."""
+    lines = [
+        f"Comparison on {data} at imgsz {imgsz} (CPU latency: batch 1, fused, median)",
+        "",
+        "| model | params | GFLOPs | CPU latency (ms) | mAP50 | mAP50-95 | train time (s) |",
+        "|-------|-------:|-------:|-----------------:|------:|---------:|---------------:|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['params']:,} | {r['gflops']:.2f} | {r['latency_ms']:.1f} | {r['map50']:.4f} | "
+        f"{r['map']:.4f} | {r['train_s']:.0f} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Plot mAP50-95 against CPU latency, one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    for r in rows:
+        ax.scatter(r["latency_ms"], r["map"], s=40)
+        ax.annotate(r["model"], (r["latency_ms"], r["map"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("CPU latency (ms, batch 1)")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
