@@ -132,7 +132,7 @@ def module_rows(quick: bool) -> list[str]:
             for kind in ("fwd", "fwd+bwd"):
                 fns = {"ref": layer_call(ref, x, kind, grad_out), "fast": layer_call(fast, x, kind, grad_out)}
                 times = take_turns(fns, repeats_for(fns, budget, low, high))
-                t_ref, t_fast = statistics.median(times["ref"]) * 1e3, statistics.median(times["fast"]) * 1e3
+                t_ref, t_fast = medians_ms(times).values()
                 ratio = t_ref / t_fast
                 target = verdict(ratio, MODULE_TARGETS.get((c, h, w, batch, kind)), higher_is_better=True)
                 rows.append(
@@ -203,6 +203,11 @@ def export_onnx(model: torch.nn.Module, path: Path, imgsz: int) -> Path:
     return path
 
 
+def medians_ms(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median of each list of seconds, in milliseconds."""
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def model_rows(quick: bool) -> list[str]:
     """Markdown rows of the model-level table."""
     from ultralytics.cfg import get_cfg
@@ -247,7 +252,7 @@ def model_rows(quick: bool) -> list[str]:
     times = take_turns({k: train_step(m) for k, m in models.items()}, train_repeats, warmup=1)
     add(
         f"training step, batch {train_batch}, imgsz {train_imgsz} (ms)",
-        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        medians_ms(times),
         ".1f",
         "training step",
     )
@@ -270,7 +275,7 @@ def model_rows(quick: bool) -> list[str]:
     times = take_turns({k: infer(m) for k, m in models.items()}, infer_repeats, warmup=3)
     add(
         f"PyTorch latency, batch 1, imgsz {imgsz} (ms)",
-        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        medians_ms(times),
         ".2f",
         "PyTorch latency",
     )
@@ -293,7 +298,7 @@ def model_rows(quick: bool) -> list[str]:
         times = take_turns({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, infer_repeats, 3)
     add(
         f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)",
-        {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        medians_ms(times),
         ".2f",
         "ONNX Runtime latency",
     )

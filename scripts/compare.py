@@ -66,19 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in args.models:
         stem = Path(model_name).stem
         model = YOLO(model_name)
-        params = sum(p.numel() for p in model.model.parameters())
-        gflops = get_flops(model.model, imgsz)
         start = time.perf_counter()
         model.train(data=data, project=str(run_dir), name=stem, exist_ok=True, **kwargs)
         train_time = time.perf_counter() - start
-        best = Path(model.trainer.best)
-        metrics = YOLO(best).val(
+        best = YOLO(model.trainer.best)  # the trained model: the dataset's class count
+        params = sum(p.numel() for p in best.model.parameters())
+        gflops = get_flops(best.model, imgsz)
+        metrics = best.val(
             data=data, imgsz=imgsz, batch=kwargs.get("batch", 16), plots=False, project=str(run_dir), name=f"{stem}-val"
         )
         rows.append(
             {
                 "model": stem,
-                "weights": best,
+                "weights": Path(model.trainer.best),
                 "params": params,
                 "gflops": gflops,
                 "train_s": train_time,

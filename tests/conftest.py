@@ -21,6 +21,8 @@ os.environ.update(
 os.environ.pop("ULTRALYTICS_EMA_AUTOLOAD", None)
 os.environ.pop("ULTRALYTICS_SAFE_LOAD", None)
 BIN = Path(sys.executable).parent
+# One short training, as key=value arguments: 1 epoch at 64 px on the tiny dataset, no plots.
+TINY_TRAIN = ("epochs=1", "imgsz=64", "batch=16", "workers=0", "plots=False")
 
 
 def run(
@@ -79,11 +81,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
             "train",
             "model=yolo11n-ema.yaml",
             f"data={tiny_data}",
-            "epochs=1",
-            "imgsz=64",
-            "batch=16",
-            "workers=0",
-            "plots=False",
+            *TINY_TRAIN,
             f"project={project}",
             "name=train",
             cwd=project,

@@ -65,6 +65,25 @@ def test_train_passthrough_and_pretrained(tmp_path: Path, tiny_data: Path):
     assert args["pretrained"] == str(stock)
 
 
+def test_bare_train_uses_demo_and_ema_model(tmp_path: Path):
+    """No --data, no --model: YOLO11n-EMA on the demo dataset (generated into datasets_dir), preset overridable."""
+    env = {"YOLO_CONFIG_DIR": str(tmp_path / "config")}
+    assert_ok(yolo("settings", f"datasets_dir={tmp_path / 'datasets'}", env=env, cwd=tmp_path))
+    out = assert_ok(
+        script("train.py", "epochs=1", "imgsz=64", "workers=0", "plots=False", "name=bare", env=env, cwd=tmp_path)
+    )
+    save_dir = Path(next(x for x in out.splitlines() if x.startswith("Results saved to ")).split(" to ", 1)[1])
+    args = yaml.safe_load((save_dir / "args.yaml").read_text())
+    assert (args["model"], args["data"], args["epochs"], args["imgsz"], args["batch"]) == (
+        "yolo11n-ema.yaml",
+        "ema-demo.yaml",
+        1,
+        64,
+        16,  # batch from the demo preset
+    )
+    assert len(list((tmp_path / "datasets" / "ema-demo" / "images" / "train").glob("*.png"))) == 160
+
+
 def test_val_script(trained: Path, tiny_data: Path, tmp_path: Path):
     best = trained / "weights" / "best.pt"
     out = assert_ok(
@@ -139,6 +158,9 @@ def test_compare_writes_table_and_plot(tmp_path: Path, tiny_data: Path):
     params = [int(r[1].replace(",", "")) for r in rows]
     # EMA adds gn (2cg), conv1x1 (cg*cg + cg) and conv3x3 (9cg*cg + cg) with cg = 64/32, 128/32, 256/32
     assert params[1] - params[0] == sum(10 * cg * cg + 4 * cg for cg in (2, 4, 8)) == 896
+    from ultralytics.nn.tasks import DetectionModel
+
+    assert params[0] == sum(p.numel() for p in DetectionModel("yolo11n.yaml", nc=3, verbose=False).parameters())
     assert all(float(r[3]) > 0 for r in rows)  # latency measured
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     assert table in out

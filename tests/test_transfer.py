@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_ok, yolo
+from conftest import TINY_TRAIN, assert_ok, yolo
 
 import ultralytics_ema
 from ultralytics_ema import EMA
@@ -100,11 +100,7 @@ def test_train_cli_pretrained(stock: dict[str, Path], tiny_data: Path, tmp_path:
             "model=yolo11n-ema.yaml",
             f"pretrained={stock['n']}",
             f"data={tiny_data}",
-            "epochs=1",
-            "imgsz=64",
-            "batch=16",
-            "workers=0",
-            "plots=False",
+            *TINY_TRAIN,
             "val=False",
             f"project={tmp_path}",
             "name=ft",
