@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ultralytics_ema  # noqa: F401  (registers EMA also where the startup hook is switched off)
 
-    run_dir = increment_path(Path(kwargs.pop("project", "runs/compare")) / kwargs.pop("name", "exp"), mkdir=True)
+    # absolute, so that Ultralytics puts each model's run inside it rather than under its runs_dir
+    run_dir = increment_path(
+        Path(kwargs.pop("project", "runs/compare")).resolve() / kwargs.pop("name", "exp"), mkdir=True
+    )
     imgsz = kwargs.get("imgsz", 640)
     rows = []
     for model_name in args.models:

@@ -145,14 +145,20 @@ def test_compare_writes_table_and_plot(tmp_path: Path, tiny_data: Path):
             "imgsz=64",
             "batch=16",
             "workers=0",
-            f"project={tmp_path}",
             "name=cmp",
             "--latency-runs",
             "3",
             cwd=tmp_path,
         )
     )
-    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    run_dir = tmp_path / "runs" / "compare" / "cmp"  # the default project, relative to the working directory
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [
+        "yolo11n",
+        "yolo11n-ema",
+        "yolo11n-ema-val",
+        "yolo11n-val",
+    ]
+    table = (run_dir / "comparison.md").read_text()
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| yolo11n")]
     assert [r[0].strip() for r in rows] == ["yolo11n", "yolo11n-ema"]
     params = [int(r[1].replace(",", "")) for r in rows]
@@ -162,7 +168,7 @@ def test_compare_writes_table_and_plot(tmp_path: Path, tiny_data: Path):
 
     assert params[0] == sum(p.numel() for p in DetectionModel("yolo11n.yaml", nc=3, verbose=False).parameters())
     assert all(float(r[3]) > 0 for r in rows)  # latency measured
-    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    assert (run_dir / "comparison.png").stat().st_size > 1000
     assert table in out
 
 
