@@ -74,7 +74,7 @@ def apply() -> None:
 
 
 def patch_tasks(tasks: ModuleType) -> None:
-    """Patch ``ultralytics.nn.tasks``: parser branch, layer names, packaged model YAMLs, safe-load allow-list."""
+    """Patch ``ultralytics.nn.tasks``: parser branch, layer names, aligned ``load``, packaged YAMLs, safe loading."""
     with _LOCK:
         if getattr(tasks, _MARK, False):
             return
