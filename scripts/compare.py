@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics.utils.files import increment_path
     from ultralytics.utils.torch_utils import get_flops
 
-    import ultralytics_ema  # noqa: F401  (registers EMA also where the startup hook is switched off)
-
     # absolute, so that Ultralytics puts each model's run inside it rather than under its runs_dir
     run_dir = increment_path(
         Path(kwargs.pop("project", "runs/compare")).resolve() / kwargs.pop("name", "exp"), mkdir=True

@@ -52,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from ultralytics import YOLO
 
-    import ultralytics_ema  # noqa: F401  (registers EMA also where the startup hook is switched off)
-
     model = YOLO(args.model)
     model.train(data=data, **kwargs)
     print(f"Results saved to {model.trainer.save_dir}")

@@ -34,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from ultralytics import YOLO
 
-    import ultralytics_ema  # noqa: F401  (registers EMA also where the startup hook is switched off)
-
     metrics = YOLO(args.model).val(data=data, **kwargs)
     print(f"mAP50 {metrics.box.map50:.4f}  mAP50-95 {metrics.box.map:.4f}  results in {metrics.save_dir}")
     return 0

@@ -20,15 +20,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+# The scripts import this module, and with it ``ultralytics_ema``, which registers EMA even with the startup hook off.
 DATASETS: dict[str, dict[str, Any]] = {
-    "demo": {"yaml": "ema-demo.yaml", "env": None, "preset": {"epochs": 30, "imgsz": 128, "batch": 16}},
-    "coco": {"yaml": "coco-local.yaml", "env": "ULTRALYTICS_EMA_COCO", "preset": {"epochs": 300, "imgsz": 640}},
-    "visdrone": {
-        "yaml": "visdrone-local.yaml",
-        "env": "ULTRALYTICS_EMA_VISDRONE",
-        "preset": {"epochs": 300, "imgsz": 640},
-    },
+    "demo": {"yaml": "ema-demo.yaml", "preset": {"epochs": 30, "imgsz": 128, "batch": 16}},
+    "coco": {"yaml": "coco-local.yaml", "preset": {"epochs": 300, "imgsz": 640}},
+    "visdrone": {"yaml": "visdrone-local.yaml", "preset": {"epochs": 300, "imgsz": 640}},
 }
+
+
+def root_env(name: str) -> str | None:
+    """Environment variable that holds the root of dataset ``name`` (the packaged YAML's ``root_env``), if any."""
+    import yaml
+
+    from ultralytics_ema.patches import CFG_DIR
+
+    return yaml.safe_load((CFG_DIR / "datasets" / DATASETS[name]["yaml"]).read_text()).get("root_env")
 
 
 def data_and_preset(data: str, data_dir: str | Path | None = None) -> tuple[str, dict[str, Any]]:
@@ -47,12 +53,13 @@ def data_and_preset(data: str, data_dir: str | Path | None = None) -> tuple[str,
     entry = DATASETS.get(data)
     if entry is None:
         if data_dir is not None:
-            raise ValueError(f"--data-dir applies to {', '.join(k for k, v in DATASETS.items() if v['env'])} only")
+            raise ValueError(f"--data-dir applies to {', '.join(k for k in DATASETS if root_env(k))} only")
         return data, {}
     if data_dir is not None:
-        if entry["env"] is None:
+        env = root_env(data)
+        if env is None:
             raise ValueError(f"--data-dir does not apply to --data {data}")
-        os.environ[entry["env"]] = str(Path(data_dir).expanduser().resolve())
+        os.environ[env] = str(Path(data_dir).expanduser().resolve())
     return entry["yaml"], dict(entry["preset"])
 
 
