@@ -213,7 +213,7 @@ def model_rows(quick: bool) -> list[str]:
     from ultralytics.cfg import get_cfg
 
     imgsz = 640
-    infer_repeats, train_repeats = (8, 2) if quick else (40, 6)
+    infer_repeats, train_repeats = (8, 2) if quick else (40, 10)
     train_batch, train_imgsz = (2, 320) if quick else (8, 640)
     models = detection_models()
     names = list(models)

@@ -311,3 +311,50 @@ def test_single_pixel_batch_of_one():
     x = torch.randn(2, 16, 1, 1)
     with torch.no_grad():
         assert max_abs_diff(fast(x[:1]), ref(x)[:1]) <= 1e-5
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_hand_written_backward_only_with_grad(train: bool):
+    fast, _ = make_pair(64, 8, "random")
+    fast.train(train)
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    assert type(fast(x).grad_fn).__name__ == "EMAFunctionBackward"
+    with torch.no_grad():
+        assert fast(x).grad_fn is None
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_input_untouched_and_not_aliased(layout: str, grad: bool):
+    # Spent full-size buffers hold later results: never the input's memory (channels_last input is its own copy).
+    fast, ref = make_pair(64, 8, "random")
+    x = torch.randn(2, 64, 9, 7)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    with torch.set_grad_enabled(grad):
+        y = fast(x)
+    assert torch.equal(x, before)
+    assert y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    with torch.no_grad():
+        assert max_abs_diff(y, ref(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("frozen", ["input", "params"])
+def test_grads_when_only_part_requires_them(frozen: str):
+    # Fine-tuning with frozen layers: the input or the parameters may not require gradients.
+    fast, ref = make_pair(32, 4, "random")
+    torch.manual_seed(3)
+    x, grad_out = torch.randn(2, 32, 7, 5), torch.randn(2, 32, 7, 5)
+    for m in (fast, ref):
+        m.requires_grad_(frozen != "params")
+    xs = [x.clone().requires_grad_(frozen != "input") for _ in range(2)]
+    (fast(xs[0]) * grad_out).sum().backward()
+    (ref(xs[1]) * grad_out).sum().backward()
+    if frozen == "input":
+        assert xs[0].grad is None
+        for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+            assert max_abs_diff(p.grad, q.grad) <= 1e-5 * max(1.0, q.grad.abs().max().item()), name
+    else:
+        assert all(p.grad is None for p in fast.parameters())
+        assert max_abs_diff(xs[0].grad, xs[1].grad) <= 1e-5

@@ -1,0 +1,225 @@
+"""The EMA attention computed in few passes over memory, with a hand-written backward pass.
+
+See :mod:`ultralytics_ema.ema` for the layer and the paper. This file holds the arithmetic:
+
+- :func:`ema_forward` is the forward pass. Traced (TorchScript, ONNX) and gradient-free calls run it directly.
+- :class:`EMAFunction` runs the same forward pass and keeps what its backward pass needs. The backward pass is
+  written out by hand: autograd would run about six times as many full-size operations, most of them reductions
+  over broadcast dimensions.
+
+Notation, per group ``n`` (``b * factor`` of them) with channels ``i, o`` (``c / factor``): ``x`` is the input;
+``gates = sigmoid(conv1x1([row means | column means]))``; ``y = x * gate_h * gate_w``; ``x1 = GroupNorm(y)``;
+``s1 = softmax(gn.bias)`` and ``s2 = softmax(spatial mean of conv3x3(x))``; the attention map is
+``a = sum_o s1_o conv3x3(x)_o + sum_o s2_o x1_o`` and the output is ``x * sigmoid(a)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["EMAFunction", "ema_forward"]
+
+# aten.convolution_backward arguments after (grad_output, input, weight): no bias, stride 1, padding 1, no transpose.
+_CONV = (None, [1, 1], [1, 1], [1, 1], False, [0, 0])
+
+
+def _constant(make, *args) -> torch.Tensor:
+    """``make(*args)``, cached per arguments except while tracing (a cached tensor would be recorded as a constant)."""
+    if torch.jit.is_tracing():
+        return make(*args)
+    return _cached(make, *args)
+
+
+@functools.cache
+def _cached(make, *args) -> torch.Tensor:
+    """:func:`_constant`'s cache. A normal tensor even if first made in inference mode: autograd may save it later."""
+    with torch.inference_mode(False) if hasattr(torch, "inference_mode") else contextlib.nullcontext():
+        return make(*args)
+
+
+def _taps(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(3, n)`` weights of the window means of a zero-padded 3x3 conv along one axis of length ``n``.
+
+    Tap 0 reads the input shifted by -1, so it never reads the last entry; tap 2 never reads the first one. Rows are
+    divided by ``n``: row 1 gives the plain mean.
+    """
+    i = torch.arange(n, device=device)
+    return torch.stack([i < n - 1, i >= 0, i > 0]).to(dtype) / n
+
+
+def _group_sum(groups: int, group_channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(groups, groups * group_channels)`` 0/1 matrix that adds up the channels of each group."""
+    return torch.eye(groups, dtype=dtype, device=device).repeat_interleave(group_channels, 1)
+
+
+def _spare(t: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """``t``'s memory as a contiguous tensor of ``shape`` (same size), if ``t`` is dense; else None."""
+    if t.is_contiguous():
+        return t.view(shape)
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).view(shape)
+    return None
+
+
+def ema_forward(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    groups: int,
+    eps: float,
+    keep: bool = False,
+) -> tuple[torch.Tensor, tuple]:
+    """EMA attention of ``x`` ``(b, c, h, w)`` with the layer's parameters; returns ``(output, saved)``.
+
+    ``saved`` holds the intermediate tensors of :meth:`EMAFunction.backward` if ``keep``, else it is empty.
+    """
+    b, _, h, w = x.shape
+    cg = gamma.shape[0]
+    c, bg, hw = groups * cg, b * groups, h * w
+    gx = x.reshape(bg, cg, h, w).contiguous()
+    w3 = w3.reshape(cg, cg * 9)  # any memory format: reshape, not view
+    dtype, device = x.dtype, x.device
+    tap_h, tap_w = _constant(_taps, h, dtype, device), _constant(_taps, w, dtype, device)
+
+    # Window means along rows (column 1: row means), column means, then the window means of the 3x3 conv's taps.
+    rows = (gx.reshape(-1, w) @ tap_w.t()).view(bg, cg, h, 3)
+    pooled = torch.cat([rows[..., 1], gx.mean(2)], 2)  # (bg, cg, h + w)
+    gates = torch.baddbmm(
+        b1.reshape(1, cg, 1).expand(bg, cg, 1), w1.reshape(1, cg, cg).expand(bg, cg, cg), pooled
+    ).sigmoid_()
+    windows = torch.matmul(tap_h, rows).view(bg, cg * 9)
+    s2 = torch.addmm(b3, windows, w3.t()).softmax(1)  # softmax of the 3x3 conv output's spatial means
+    s1 = beta.softmax(0)  # the GroupNorm output's spatial mean is exactly its bias
+
+    # s1-weighted 3x3 conv: a depthwise conv on a channels_last copy (the fast layout on CPU), then a group sum.
+    kernel = (s1 @ w3).view(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    conv = F.conv2d(x_cl, kernel, padding=1, groups=c)
+    att = torch.matmul(_constant(_group_sum, groups, cg, dtype, device), conv.flatten(2)).view(bg, 1, hw)
+
+    # s2-weighted GroupNorm of the gated input. The 3x3 conv bias adds s1 . b3 to the map: folded into the GN bias.
+    # Full-size buffers that are done with hold later results: fewer fresh allocations (and page faults) per call.
+    reuse = not torch.jit.is_tracing()  # out= variants are not exported
+    y = torch.mul(gates[..., :h, None], gates[..., None, h:], out=_spare(conv, gx.shape) if reuse else None)
+    y.mul_(gx)
+    del conv
+    bias = beta + s1 @ b3
+    if keep:
+        x1, mean, rstd = torch.native_group_norm(y, gamma, bias, bg, cg, hw, cg, eps)
+    else:
+        x1 = torch.group_norm(y, cg, gamma, bias, eps)
+        del y
+    att = att.baddbmm_(s2.unsqueeze(1).to(att.dtype), x1.reshape(bg, cg, hw).to(att.dtype)).sigmoid_()
+    del x1
+    spare = _spare(x_cl, gx.shape) if reuse and not keep and x_cl.data_ptr() != x.data_ptr() else None
+    out = torch.mul(gx, att.view(bg, 1, h, w), out=spare).view(b, c, h, w)
+    saved = (gx, x_cl, y, mean, rstd, att, gates, pooled, windows, s1, s2, kernel, bias) if keep else ()
+    return out, saved
+
+
+class EMAFunction(torch.autograd.Function):
+    """:func:`ema_forward` with a hand-written backward pass (first derivatives only)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w3, b3, gamma, beta, groups: int, eps: float):
+        """Run :func:`ema_forward` and keep what :meth:`backward` needs."""
+        out, saved = ema_forward(x, w1, b1, w3, b3, gamma, beta, groups, eps, keep=True)
+        ctx.save_for_backward(w1, w3, b3, gamma, *saved)
+        ctx.groups, ctx.shape = groups, x.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        """Gradients of the input and of the six parameters."""
+        w1, w3, b3, gamma, gx, x_cl, y, mean, rstd, att, gates, pooled, windows, s1, s2, kernel, bias = (
+            ctx.saved_tensors
+        )
+        b, c, h, w = ctx.shape
+        g = ctx.groups
+        bg, cg, hw = gx.shape[0], gx.shape[1], h * w
+        w1, w3 = w1.reshape(cg, cg), w3.reshape(cg, cg * 9)
+        xs, ys = gx.view(bg, cg, hw), y.view(bg, cg, hw)
+        grad = grad.reshape(bg, cg, hw)
+
+        # Output = x * att: the gradient of the map's logits, then the direct part of dx (reusing one buffer).
+        buf = torch.mul(grad, xs)
+        d_att = buf.sum(1, keepdim=True).mul_(att)
+        d_att.addcmul_(d_att, att, value=-1)  # (bg, 1, hw): times att * (1 - att)
+        dx = torch.mul(grad, att, out=buf)
+        del buf
+        sum_d = d_att.sum(2)  # (bg, 1)
+        total_d = sum_d.sum()
+
+        # s1-weighted 3x3 conv, through the depthwise conv of the forward pass (input and per-channel kernel grads).
+        d_cl = gx.new_empty(b, h, w, c)  # channels_last memory, reused below
+        d_cl.view(b, hw, g, cg).copy_(d_att.view(b, g, hw, 1).transpose(1, 2))
+        dx_conv, d_kernel, _ = torch.ops.aten.convolution_backward(
+            d_cl.permute(0, 3, 1, 2), x_cl, kernel, *_CONV, c, [True, True, False]
+        )
+        dx.view(b, c, h, w).add_(dx_conv)
+        del dx_conv
+        d_kernel = d_kernel.view(g, cg * 9).sum(0)  # gradient of s1 @ w3
+        d_s1 = w3 @ d_kernel + b3 * total_d
+
+        # s2-weighted GroupNorm: statistics of y, then dy = alpha * d_att + coef * y + const.
+        mean, rstd = mean.view(bg, cg), rstd.view(bg, cg)
+        mean_d = sum_d / hw
+        dot = torch.bmm(ys, d_att.transpose(1, 2)).view(bg, cg)  # sum_p y * d_att
+        q = rstd * (dot / hw - mean * mean_d)  # mean of d_att * normalised y
+        d_s2 = gamma * hw * q + bias * sum_d
+        d_logits = s2 * (d_s2 - (s2 * d_s2).sum(1, keepdim=True))  # softmax backward
+        alpha = gamma * s2 * rstd
+        dy = torch.baddbmm((alpha * (rstd * q * mean - mean_d)).unsqueeze(2), alpha.unsqueeze(2), d_att)
+        dy.addcmul_(ys, (-alpha * rstd * q).unsqueeze(2))
+
+        # y = x * gate_h * gate_w. The outer product of the gates goes into d_cl's memory, free again.
+        gate_h, gate_w = gates[..., :h], gates[..., h:]
+        outer = torch.mul(gate_h[..., None], gate_w[..., None, :], out=d_cl.view(bg, cg, h, w))
+        dx.view(bg, cg, h, w).addcmul_(dy.view(bg, cg, h, w), outer)
+        del outer, d_cl
+        dyx = dy.mul_(xs).view(bg * cg, h, w)
+        d_gates = torch.cat(
+            [(dyx @ gate_w.reshape(-1, w, 1)).view(bg, cg, h), (gate_h.reshape(-1, 1, h) @ dyx).view(bg, cg, w)], 2
+        )
+        del dyx, dy
+        d_gates.mul_(gates).mul_(1 - gates)  # sigmoid backward: gradient of the 1x1 conv's output
+        d_pooled = torch.matmul(w1.t(), d_gates)  # (bg, cg, h + w)
+
+        # Means feed the 1x1 conv (row and column means) and the conv3x3 softmax (window means): one rank-5 update.
+        d_windows = (d_logits @ w3).view(bg * cg, 3, 3)
+        tap_h, tap_w = _constant(_taps, h, gx.dtype, gx.device), _constant(_taps, w, gx.dtype, gx.device)
+        left = torch.cat(
+            [
+                torch.matmul(tap_h.t(), d_windows),
+                d_pooled[..., :h].reshape(-1, h, 1) / w,
+                gx.new_ones(1, h, 1).expand(bg * cg, h, 1),
+            ],
+            2,
+        )
+        right = torch.cat(
+            [
+                tap_w.expand(bg * cg, 3, w),
+                gx.new_ones(1, 1, w).expand(bg * cg, 1, w),
+                d_pooled[..., h:].reshape(-1, 1, w) / h,
+            ],
+            1,
+        )
+        dx.view(bg * cg, h, w).baddbmm_(left, right)
+
+        # Parameter gradients.
+        d_w1 = (d_gates @ pooled.transpose(1, 2)).sum(0).view(cg, cg, 1, 1)
+        d_b1 = d_gates.sum((0, 2))
+        d_w3 = (torch.outer(s1, d_kernel) + d_logits.t() @ windows).view(cg, cg, 3, 3)
+        d_b3 = d_logits.sum(0) + s1 * total_d
+        d_gamma = (s2 * q).sum(0) * hw
+        d_beta = (s2 * sum_d).sum(0) + s1 * (d_s1 - s1 @ d_s1)
+        return dx.view(b, c, h, w), d_w1, d_b1, d_w3, d_b3, d_gamma, d_beta, None, None
