@@ -50,6 +50,9 @@ MODULE_TARGETS = {
     (256, 20, 20, 1, "fwd"): 2.0,
     (64, 80, 80, 8, "fwd+bwd"): 2.5,
 }
+# Table columns of the two benchmarks.
+MODULE_COLUMNS = ["shape (c, h, w)", "batch", "pass", "reference ms", "fast ms", "speed-up", "repeats", "target"]
+MODEL_COLUMNS = ["metric", "YOLO11n", "YOLO11n-EMA", "ratio", "target", "YOLO11n-EMA, reference layers", "ratio"]
 # Ratio targets (YOLO11n-EMA / YOLO11n).
 MODEL_TARGETS = {"PyTorch latency": 1.03, "ONNX Runtime latency": 1.03, "training step": 1.05}
 
@@ -323,18 +326,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- mode: {'quick' if args.quick else 'full'}; medians of interleaved repeats\n", flush=True)
     start = time.perf_counter()
 
-    if args.only in (None, "module"):
-        print("## EMA vs ReferenceEMA (factor 32, same weights, float32)\n")
-        print("| shape (c, h, w) | batch | pass | reference ms | fast ms | speed-up | repeats | target |")
-        print("|---|---|---|---|---|---|---|---|", flush=True)
-        module_rows(args.quick)
-        print()
-    if args.only in (None, "model"):
-        print("## YOLO11n vs YOLO11n-EMA (and the same model with the reference EMA layers, for comparison)\n")
-        print("| metric | YOLO11n | YOLO11n-EMA | ratio | target | YOLO11n-EMA, reference layers | ratio |")
-        print("|---|---|---|---|---|---|---|", flush=True)
-        model_rows(args.quick)
-        print()
+    sections = {
+        "module": ("EMA vs ReferenceEMA (factor 32, same weights, float32)", MODULE_COLUMNS, module_rows),
+        "model": (
+            "YOLO11n vs YOLO11n-EMA (and the same model with the reference EMA layers, for comparison)",
+            MODEL_COLUMNS,
+            model_rows,
+        ),
+    }
+    for name, (title, columns, rows) in sections.items():
+        if args.only in (None, name):
+            print(f"## {title}\n")
+            print(f"| {' | '.join(columns)} |")
+            print("|---" * len(columns) + "|", flush=True)
+            rows(args.quick)  # prints each row as it is measured
+            print()
     print(f"Total time: {time.perf_counter() - start:.0f} s")
     return 0
 
