@@ -17,6 +17,7 @@ import pickle
 import pytest
 import torch
 
+from ultralytics_ema import ema_function
 from ultralytics_ema.ema import EMA, valid_factors
 from ultralytics_ema.reference import ReferenceEMA
 
@@ -39,6 +40,13 @@ CASES = [
     ((2, 512, 3, 3), 32),
 ]
 IDS = [f"{'x'.join(map(str, shape))}-f{factor}" for shape, factor in CASES]
+
+
+@pytest.fixture(params=["groupnorm", "moments"])
+def gn_stats(request, monkeypatch) -> str:
+    """Both ways of the GroupNorm statistics: GroupNorm's kernel (small inputs) and two reductions (large inputs)."""
+    monkeypatch.setattr(ema_function, "STATS_MIN_NUMEL", 1 << 62 if request.param == "groupnorm" else 0)
+    return request.param
 
 
 def make_pair(channels: int, factor: int, init: str, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -71,7 +79,7 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("init", ["default", "random"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(("shape", "factor"), CASES, ids=IDS)
-def test_matches_reference_float32(shape: tuple, factor: int, train: bool, init: str):
+def test_matches_reference_float32(shape: tuple, factor: int, train: bool, init: str, gn_stats: str):
     fast, ref = make_pair(shape[1], factor, init)
     fast.train(train)
     ref.train(train)
@@ -106,7 +114,7 @@ def test_single_value_groupnorm_float32(init: str):
 
 @pytest.mark.parametrize("init", ["default", "random"])
 @pytest.mark.parametrize(("shape", "factor"), [*CASES, ((2, 32, 1, 1), 32)], ids=[*IDS, "2x32x1x1-f32"])
-def test_matches_reference_float64(shape: tuple, factor: int, init: str):
+def test_matches_reference_float64(shape: tuple, factor: int, init: str, gn_stats: str):
     fast, ref = make_pair(shape[1], factor, init, dtype=torch.float64)
     torch.manual_seed(2)
     x, grad_out = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
@@ -138,12 +146,30 @@ def test_channels_last_weights():
         assert max_abs_diff(got[name], value) <= 1e-5 * max(1.0, value.abs().max().item()), name
 
 
-def test_nonzero_mean_input():
+def test_nonzero_mean_input(gn_stats: str):
     # Post-activation features are mostly positive: normalisation must not lose precision to a large mean.
     fast, ref = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 16, 16) * 0.5 + 3.0
     with torch.no_grad():
         assert max_abs_diff(fast(x), ref(x)) <= 1e-5 * ref(x).abs().max().item()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_near_constant_channels(gn_stats: str, grad: bool):
+    # Mean 10, spread 1e-2: E[y^2] - E[y]^2 in float32 would lose the variance to cancellation without the shift.
+    fast, ref32 = make_pair(64, 16, "random")
+    _, ref64 = make_pair(64, 16, "random", dtype=torch.float64)
+    torch.manual_seed(3)
+    x = torch.randn(2, 64, 16, 16) * 1e-2 + 10.0
+    grad_out = torch.randn_like(x)
+    want = run_with_grads(ref64, x.double(), grad_out.double())
+    with torch.set_grad_enabled(grad):
+        got = run_with_grads(fast, x, grad_out) if grad else {"out": fast(x)}
+        base = run_with_grads(ref32, x, grad_out) if grad else {"out": ref32(x)}
+    for name, value in got.items():
+        scale = want[name].abs().max().item()
+        # Within a few times the reference's own float32 error.
+        assert max_abs_diff(value, want[name]) <= 4 * max_abs_diff(base[name], want[name]) + 1e-6 * scale, name
 
 
 def test_grad_after_inference_mode():

@@ -20,11 +20,16 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
   channels_last copy of the input (the fast layout for depthwise convs on CPU), then one matmul that adds up the
   channels of each group;
 - the spatial mean of the zero-padded 3x3 conv output, which feeds the second softmax, is a linear function of the
-  input's "window means" (the mean over the pixels each tap reads). One matmul of the rows with a ``(w, 3)`` tap
-  matrix gives the row means and the column windows, a second one with a ``(3, h)`` matrix the 3x3 window means;
-- the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map;
+  input's "window means" (the mean over the pixels each tap reads). One matmul of a ``(3, h)`` tap matrix with the
+  columns gives the column means and the row windows, a small second one with a ``(w, 3)`` matrix the 3x3 window
+  means;
+- the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map. On
+  large inputs (batch 8 at imgsz 640) the GroupNorm is not run at all: its statistics come from two reductions and
+  its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
 - training uses a hand-written backward pass (:class:`~ultralytics_ema.ema_function.EMAFunction`) with about a sixth
-  of the full-size operations autograd would run; it is exact to float rounding like the forward pass.
+  of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
+- tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
+  (:mod:`ultralytics_ema.ema_traced`).
 
 Only means, matmuls, plain convs and elementwise ops are used (no adaptive pooling, no branching on tensor values), so
 the layer traces and exports to ONNX with dynamic batch and image size.
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 
 from ultralytics_ema.ema_function import EMAFunction, ema_forward
+from ultralytics_ema.ema_traced import ema_forward_traced
 
 __all__ = ["EMA"]
 
@@ -101,14 +107,17 @@ class EMA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attention to ``x`` of shape ``(b, c, h, w)``.
 
-        With gradients, the hand-written backward pass of :class:`EMAFunction` is used; without them (inference,
-        tracing, ONNX export) the same forward pass runs as plain tensor operations.
+        With gradients, the hand-written backward pass of :class:`EMAFunction` is used; without them (inference)
+        the same forward pass runs as plain tensor operations. Tracing (TorchScript, ONNX export) records
+        :func:`~ultralytics_ema.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)
         params += (self.gn.weight, self.gn.bias)
         if _autocast_enabled(x.device.type):  # mixed precision: compute in float32, return the input's dtype
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x.float()).to(x.dtype)
-        if torch.is_grad_enabled() and not torch.jit.is_tracing() and any(t.requires_grad for t in (x, *params)):
+        if torch.jit.is_tracing():
+            return ema_forward_traced(x, *params, self.groups, self.gn.eps)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
             return EMAFunction.apply(x, *params, self.groups, self.gn.eps)
         return ema_forward(x, *params, self.groups, self.gn.eps)[0]

@@ -2,7 +2,8 @@
 
 See :mod:`ultralytics_ema.ema` for the layer and the paper. This file holds the arithmetic:
 
-- :func:`ema_forward` is the forward pass. Traced (TorchScript, ONNX) and gradient-free calls run it directly.
+- :func:`ema_forward` is the forward pass. Gradient-free calls run it directly; traced ones (TorchScript, ONNX)
+  record :func:`ultralytics_ema.ema_traced.ema_forward_traced` instead.
 - :class:`EMAFunction` runs the same forward pass and keeps what its backward pass needs. The backward pass is
   written out by hand: autograd would run about six times as many full-size operations, most of them reductions
   over broadcast dimensions.
@@ -22,6 +23,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["EMAFunction", "ema_forward"]
+
+# From this many elements of the gated input on, its GroupNorm statistics come from two reductions (no normalised
+# copy is written): at batch 8 and more that saves a full-size buffer; below, GroupNorm's kernel has fewer small ops.
+STATS_MIN_NUMEL = 1 << 20
 
 # aten.convolution_backward arguments after (grad_output, input, weight): no bias, stride 1, padding 1, no transpose.
 _CONV = (None, [1, 1], [1, 1], [1, 1], False, [0, 0])
@@ -56,6 +61,14 @@ def _group_sum(groups: int, group_channels: int, dtype: torch.dtype, device: tor
     return torch.eye(groups, dtype=dtype, device=device).repeat_interleave(group_channels, 1)
 
 
+def _mean_pair(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(h + w, 2)``: column 0 takes minus the mean of the first ``h`` entries, column 1 the mean of the rest."""
+    pair = torch.zeros(h + w, 2, dtype=dtype, device=device)
+    pair[:h, 0] = -1 / h
+    pair[h:, 1] = 1 / w
+    return pair
+
+
 def _spare(t: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     """``t``'s memory as a contiguous tensor of ``shape`` (same size), if ``t`` is dense; else None."""
     if t.is_contiguous():
@@ -63,6 +76,25 @@ def _spare(t: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     if t.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).view(shape)
     return None
+
+
+def _gated_moments(
+    outer: torch.Tensor, gx: torch.Tensor, gates: torch.Tensor, pooled: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``y = x * gate_h * gate_w`` (into ``outer``, the gates' outer product) with its channel means and GN ``rstd``.
+
+    ``y`` is stored shifted by minus an estimate of its channel means (the input's mean times the two gates' means):
+    GroupNorm ignores per-channel shifts, and the variance from ``E[y^2] - E[y]^2`` then does not cancel
+    catastrophically on near-constant channels. Two reductions replace GroupNorm's kernel and its full-size output.
+    """
+    h, w = gx.shape[2:]
+    mean_pair = _constant(_mean_pair, h, w, gx.dtype, gx.device)
+    neg_shift = torch.matmul(gates, mean_pair).prod(-1).mul_(pooled[..., h:].mean(2))
+    y = torch.addcmul(neg_shift[..., None, None], outer, gx, out=outer)
+    ys = y.flatten(2)
+    mean = ys.sum(2).div_(h * w)
+    var = torch.linalg.vector_norm(ys, dim=2).square_().div_(h * w).addcmul_(mean, mean, value=-1)
+    return y, mean, var.add_(eps).clamp_(min=eps).rsqrt_()  # clamp: rounding may leave var slightly below 0
 
 
 def ema_forward(
@@ -89,37 +121,45 @@ def ema_forward(
     dtype, device = x.dtype, x.device
     tap_h, tap_w = _constant(_taps, h, dtype, device), _constant(_taps, w, dtype, device)
 
-    # Window means along rows (column 1: row means), column means, then the window means of the 3x3 conv's taps.
-    rows = (gx.reshape(-1, w) @ tap_w.t()).view(bg, cg, h, 3)
-    pooled = torch.cat([rows[..., 1], gx.mean(2)], 2)  # (bg, cg, h + w)
+    # Window means down the columns (row 1: column means), row means, then the window means of the 3x3 conv's taps.
+    cols = torch.matmul(tap_h, gx)  # (bg, cg, 3, w)
+    pooled = torch.cat([(gx.reshape(-1, w) @ tap_w[1]).view(bg, cg, h), cols[:, :, 1]], 2)  # (bg, cg, h + w)
     gates = torch.baddbmm(
         b1.reshape(1, cg, 1).expand(bg, cg, 1), w1.reshape(1, cg, cg).expand(bg, cg, cg), pooled
     ).sigmoid_()
-    windows = torch.matmul(tap_h, rows).view(bg, cg * 9)
+    windows = (cols.view(-1, w) @ tap_w.t()).view(bg, cg * 9)
     s2 = torch.addmm(b3, windows, w3.t()).softmax(1)  # softmax of the 3x3 conv output's spatial means
     s1 = beta.softmax(0)  # the GroupNorm output's spatial mean is exactly its bias
 
     # s1-weighted 3x3 conv: a depthwise conv on a channels_last copy (the fast layout on CPU), then a group sum.
-    kernel = (s1 @ w3).view(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
+    kernel = torch.mm(s1.expand(groups, cg), w3).view(c, 1, 3, 3)  # (s1 @ w3) for every group
     x_cl = x.contiguous(memory_format=torch.channels_last)
     conv = F.conv2d(x_cl, kernel, padding=1, groups=c)
     att = torch.matmul(_constant(_group_sum, groups, cg, dtype, device), conv.flatten(2)).view(bg, 1, hw)
 
     # s2-weighted GroupNorm of the gated input. The 3x3 conv bias adds s1 . b3 to the map: folded into the GN bias.
     # Full-size buffers that are done with hold later results: fewer fresh allocations (and page faults) per call.
-    reuse = not torch.jit.is_tracing()  # out= variants are not exported
-    y = torch.mul(gates[..., :h, None], gates[..., None, h:], out=_spare(conv, gx.shape) if reuse else None)
-    y.mul_(gx)
+    y = torch.mul(gates[..., :h, None], gates[..., None, h:], out=_spare(conv, gx.shape))
     del conv
     bias = beta + s1 @ b3
-    if keep:
-        x1, mean, rstd = torch.native_group_norm(y, gamma, bias, bg, cg, hw, cg, eps)
+    if y.numel() < STATS_MIN_NUMEL:
+        y.mul_(gx)
+        if keep:
+            x1, mean, rstd = torch.native_group_norm(y, gamma, bias, bg, cg, hw, cg, eps)
+        else:
+            x1 = torch.group_norm(y, cg, gamma, bias, eps)
+        att = att.baddbmm_(s2.unsqueeze(1).to(att.dtype), x1.reshape(bg, cg, hw).to(att.dtype))
+        del x1
     else:
-        x1 = torch.group_norm(y, cg, gamma, bias, eps)
+        y, mean, rstd = _gated_moments(y, gx, gates, pooled, eps)
+        # sum_o s2_o GN(y)_o = sum_o k_o y_o + const: the normalised copy of y is never written.
+        k = (s2 * gamma).mul_(rstd)
+        const = (s2 * bias).sub_(k * mean).sum(1)
+        att = att.baddbmm_(k.unsqueeze(1), y.view(bg, cg, hw)).add_(const.view(bg, 1, 1))
+    att = att.sigmoid_()
+    if not keep:
         del y
-    att = att.baddbmm_(s2.unsqueeze(1).to(att.dtype), x1.reshape(bg, cg, hw).to(att.dtype)).sigmoid_()
-    del x1
-    spare = _spare(x_cl, gx.shape) if reuse and not keep and x_cl.data_ptr() != x.data_ptr() else None
+    spare = _spare(x_cl, gx.shape) if not keep and x_cl.data_ptr() != x.data_ptr() else None
     out = torch.mul(gx, att.view(bg, 1, h, w), out=spare).view(b, c, h, w)
     saved = (gx, x_cl, y, mean, rstd, att, gates, pooled, windows, s1, s2, kernel, bias) if keep else ()
     return out, saved
