@@ -192,7 +192,7 @@ class EMAFunction(torch.autograd.Function):
 
         # Output = x * att: the gradient of the map's logits, then the direct part of dx (reusing one buffer).
         buf = torch.mul(grad, xs)
-        d_att = buf.sum(1, keepdim=True).mul_(att)
+        d_att = torch.bmm(gx.new_ones(1, 1, cg).expand(bg, 1, cg), buf).mul_(att)  # channel sum: bmm beats sum
         d_att.addcmul_(d_att, att, value=-1)  # (bg, 1, hw): times att * (1 - att)
         dx = torch.mul(grad, att, out=buf)
         del buf
@@ -206,6 +206,7 @@ class EMAFunction(torch.autograd.Function):
             d_cl.permute(0, 3, 1, 2), x_cl, kernel, *_CONV, c, [True, True, False]
         )
         dx.view(b, c, h, w).add_(dx_conv)
+        spare = _spare(dx_conv, xs.shape)  # done with: holds dy below
         del dx_conv
         d_kernel = d_kernel.view(g, cg * 9).sum(0)  # gradient of s1 @ w3
         d_s1 = w3 @ d_kernel + b3 * total_d
@@ -218,7 +219,7 @@ class EMAFunction(torch.autograd.Function):
         d_s2 = gamma * hw * q + bias * sum_d
         d_logits = s2 * (d_s2 - (s2 * d_s2).sum(1, keepdim=True))  # softmax backward
         alpha = gamma * s2 * rstd
-        dy = torch.baddbmm((alpha * (rstd * q * mean - mean_d)).unsqueeze(2), alpha.unsqueeze(2), d_att)
+        dy = torch.baddbmm((alpha * (rstd * q * mean - mean_d)).unsqueeze(2), alpha.unsqueeze(2), d_att, out=spare)
         dy.addcmul_(ys, (-alpha * rstd * q).unsqueeze(2))
 
         # y = x * gate_h * gate_w. The outer product of the gates goes into d_cl's memory, free again.
