@@ -1,5 +1,7 @@
 """The EMA layer: same function and gradients as the step-by-step reference, constructor errors, state_dict layout,
 unpickling of official-layout checkpoints, bf16 autocast, TorchScript tracing and ONNX export with dynamic shapes.
+Tests that take the ``gn_stats`` fixture run with both ways of computing the GroupNorm statistics (GroupNorm's own
+kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it).
 
 Tolerances: in float32, outputs, input gradients and parameter gradients agree with :class:`ReferenceEMA` to 1e-5,
 scaled by the tensor's largest entry where that exceeds 1. Parameter gradients are sums over every pixel of the batch,
@@ -124,7 +126,7 @@ def test_matches_reference_float64(shape: tuple, factor: int, init: str, gn_stat
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_any_input_layout(layout: str):
+def test_any_input_layout(layout: str, gn_stats: str):
     fast, ref = make_pair(64, 8, "random")
     x = torch.randn(2, 64, 12, 10)
     if layout == "channels_last":
@@ -135,7 +137,7 @@ def test_any_input_layout(layout: str):
         assert max_abs_diff(fast(x), ref(x)) <= 1e-5
 
 
-def test_channels_last_weights():
+def test_channels_last_weights(gn_stats: str):
     # Models converted with .to(memory_format=torch.channels_last) hold non-contiguous 4-D weights.
     fast, ref = make_pair(64, 8, "random")
     fast = fast.to(memory_format=torch.channels_last)
@@ -258,7 +260,7 @@ def test_torch_save_load_and_deepcopy():
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_bf16_autocast(grad: bool):
+def test_bf16_autocast(grad: bool, gn_stats: str):
     fast, _ = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 20, 20)
     with torch.no_grad():
@@ -276,7 +278,7 @@ def test_bf16_autocast(grad: bool):
         assert torch.isfinite(xb.grad).all()
 
 
-def test_bf16_module():
+def test_bf16_module(gn_stats: str):
     fast, _ = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 12, 12)
     with torch.no_grad():
@@ -351,7 +353,7 @@ def test_hand_written_backward_only_with_grad(train: bool):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_input_untouched_and_not_aliased(layout: str, grad: bool):
+def test_input_untouched_and_not_aliased(layout: str, grad: bool, gn_stats: str):
     # Spent full-size buffers hold later results: never the input's memory (channels_last input is its own copy).
     fast, ref = make_pair(64, 8, "random")
     x = torch.randn(2, 64, 9, 7)
@@ -367,7 +369,7 @@ def test_input_untouched_and_not_aliased(layout: str, grad: bool):
 
 
 @pytest.mark.parametrize("frozen", ["input", "params"])
-def test_grads_when_only_part_requires_them(frozen: str):
+def test_grads_when_only_part_requires_them(frozen: str, gn_stats: str):
     # Fine-tuning with frozen layers: the input or the parameters may not require gradients.
     fast, ref = make_pair(32, 4, "random")
     torch.manual_seed(3)
