@@ -21,8 +21,8 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
   channels of each group;
 - the spatial mean of the zero-padded 3x3 conv output, which feeds the second softmax, is a linear function of the
   input's "window means" (the mean over the pixels each tap reads). One matmul of a ``(3, h)`` tap matrix with the
-  columns gives the column means and the row windows, a small second one with a ``(w, 3)`` matrix the 3x3 window
-  means;
+  columns gives the column means and the windows down the columns, a small second one with a ``(w, 3)`` matrix
+  the 3x3 window means;
 - the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map. On
   large inputs (batch 8 at imgsz 640) the GroupNorm is not run at all: its statistics come from two reductions and
   its affine part is folded into the matmul's weights, so no normalised copy of the input is written;

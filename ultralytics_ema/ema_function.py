@@ -32,16 +32,11 @@ STATS_MIN_NUMEL = 1 << 20
 _CONV = (None, [1, 1], [1, 1], [1, 1], False, [0, 0])
 
 
-def _constant(make, *args) -> torch.Tensor:
-    """``make(*args)``, cached per arguments except while tracing (a cached tensor would be recorded as a constant)."""
-    if torch.jit.is_tracing():
-        return make(*args)
-    return _cached(make, *args)
-
-
 @functools.cache
-def _cached(make, *args) -> torch.Tensor:
-    """:func:`_constant`'s cache. A normal tensor even if first made in inference mode: autograd may save it later."""
+def _constant(make, *args) -> torch.Tensor:
+    """``make(*args)``, cached per arguments; a normal tensor even if first made in inference mode (autograd may save
+    it later). Never used while tracing (a cached tensor would be recorded as a constant): traced calls run
+    :func:`ultralytics_ema.ema_traced.ema_forward_traced`, which builds its constants from the input's shape."""
     with torch.inference_mode(False) if hasattr(torch, "inference_mode") else contextlib.nullcontext():
         return make(*args)
 

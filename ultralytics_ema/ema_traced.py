@@ -4,11 +4,11 @@ See :mod:`ultralytics_ema.ema` for the layer and the paper. :func:`ema_forward_t
 :func:`ultralytics_ema.ema_function.ema_forward` (and the reference) with the same shortcuts, but in the ops that
 graph runtimes run best rather than those that suit PyTorch's eager CPU kernels. Measured in ONNX Runtime on CPU:
 
-- the row means and row windows come from a 2-D ``MatMul``: broadcast ``MatMul`` of a constant with a 4-D tensor,
-  the eager path's choice, is several times slower there;
+- the row means and the windows along rows come from a 2-D ``MatMul``: a broadcast ``MatMul`` of a constant with a
+  4-D tensor, the eager path's choice for the columns, is several times slower there;
 - the gates' outer product is a batched ``MatMul`` of two vectors, not two broadcast ``Mul`` nodes;
-- the GroupNorm (one channel per group) is a ``LayerNormalization`` over each channel's pixels, its scale and bias
-  folded into the small s2 weights: ``F.group_norm`` exports as a reshaped InstanceNormalization followed by a
+- the GroupNorm (one channel per group) runs without its affine part, one ``InstanceNormalization`` between two
+  reshapes; its scale and bias are folded into the small s2 weights. With them, ``F.group_norm`` would add a
   full-size ``Mul`` and ``Add``;
 - the group sum of the depthwise conv is a ``ReduceSum``.
 
