@@ -38,7 +38,9 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 import torch
 
 import ultralytics_ema
+from ultralytics_ema import native
 from ultralytics_ema.ema import EMA
+from ultralytics_ema.ema_function import ema_forward
 from ultralytics_ema.reference import ReferenceEMA
 
 # Feature maps (channels, height, width) of the EMA layers of YOLO11n and YOLO11s-EMA at imgsz 640 (P3, P4, P5).
@@ -51,7 +53,18 @@ MODULE_TARGETS = {
     (64, 80, 80, 8, "fwd+bwd"): 2.5,
 }
 # Table columns of the two benchmarks.
-MODULE_COLUMNS = ["shape (c, h, w)", "batch", "pass", "reference ms", "fast ms", "speed-up", "repeats", "target"]
+MODULE_COLUMNS = [
+    "shape (c, h, w)",
+    "batch",
+    "pass",
+    "reference ms",
+    "fast ms",
+    "speed-up",
+    "repeats",
+    "target",
+    "PyTorch ops ms",
+    "speed-up",
+]
 MODEL_COLUMNS = ["metric", "YOLO11n", "YOLO11n-EMA", "ratio", "target", "YOLO11n-EMA, reference layers", "ratio"]
 # Ratio targets (YOLO11n-EMA / YOLO11n).
 MODEL_TARGETS = {"PyTorch latency": 1.03, "ONNX Runtime latency": 1.03, "training step": 1.05}
@@ -101,7 +114,18 @@ def verdict(ratio: float, target: float | None, higher_is_better: bool) -> str:
 
 
 def layer_call(m: torch.nn.Module, x: torch.Tensor, kind: str, grad_out: torch.Tensor) -> Callable[[], object]:
-    """A call of layer ``m``: forward under no_grad (``kind`` 'fwd'), or forward + backward of ``grad_out``."""
+    """A call of layer ``m``: forward under no_grad (``kind`` 'fwd'), or forward + backward of ``grad_out``.
+
+    ``kind`` 'fwd, PyTorch ops' is the forward pass of an :class:`EMA` without the native kernel.
+    """
+    if kind == "fwd, PyTorch ops":
+        params = (m.conv1x1.weight, m.conv1x1.bias, m.conv3x3.weight, m.conv3x3.bias, m.gn.weight, m.gn.bias)
+
+        def torch_ops() -> object:
+            with torch.no_grad():
+                return ema_forward(x, *params, m.groups, m.gn.eps)[0]
+
+        return torch_ops
     if kind == "fwd":
 
         def forward() -> object:
@@ -134,13 +158,16 @@ def module_rows(quick: bool) -> list[str]:
             grad_out = torch.randn_like(x)
             for kind in ("fwd", "fwd+bwd"):
                 fns = {"ref": layer_call(ref, x, kind, grad_out), "fast": layer_call(fast, x, kind, grad_out)}
+                if kind == "fwd":  # the native kernel's share: the same forward pass in PyTorch ops
+                    fns["ops"] = layer_call(fast, x, "fwd, PyTorch ops", grad_out)
                 times = take_turns(fns, repeats_for(fns, budget, low, high))
-                t_ref, t_fast = medians_ms(times).values()
-                ratio = t_ref / t_fast
+                t = medians_ms(times)
+                ratio = t["ref"] / t["fast"]
                 target = verdict(ratio, MODULE_TARGETS.get((c, h, w, batch, kind)), higher_is_better=True)
+                ops = f"{t['ops']:.3f} | {t['ref'] / t['ops']:.2f}x" if "ops" in t else "(as fast) |"
                 rows.append(
-                    f"| ({c}, {h}, {w}) | {batch} | {kind} | {t_ref:.3f} | {t_fast:.3f} | {ratio:.2f}x "
-                    f"| {len(times['ref'])} | {target} |"
+                    f"| ({c}, {h}, {w}) | {batch} | {kind} | {t['ref']:.3f} | {t['fast']:.3f} | {ratio:.2f}x "
+                    f"| {len(times['ref'])} | {target} | {ops} |"
                 )
                 print(rows[-1], flush=True)
     return rows
@@ -162,7 +189,10 @@ def gflops(model: torch.nn.Module, imgsz: int) -> float:
     """GFLOPs of one forward pass at batch 1 (torch's FLOP counter: 2 per multiply-add of convs and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with (
+        torch.no_grad(),
+        FlopCounterMode(display=False) as counter,
+    ):  # the EMA layers run as torch ops under a dispatch mode
         model(torch.zeros(1, 3, imgsz, imgsz))
     return counter.get_total_flops() / 1e9
 
@@ -268,19 +298,27 @@ def model_rows(quick: bool) -> list[str]:
 
     x = torch.randn(1, 3, imgsz, imgsz)
 
-    def infer(model: torch.nn.Module) -> Callable[[], object]:
+    def infer(model: torch.nn.Module, use_native: bool = True) -> Callable[[], object]:
         def fn() -> object:
-            with torch.no_grad():
-                return model(x)
+            os.environ["ULTRALYTICS_EMA_NATIVE"] = "1" if use_native else "0"
+            try:
+                with torch.no_grad():
+                    return model(x)
+            finally:
+                os.environ["ULTRALYTICS_EMA_NATIVE"] = switch
 
         return fn
 
-    times = take_turns({k: infer(m) for k, m in models.items()}, infer_repeats, warmup=3)
+    switch = os.environ.get("ULTRALYTICS_EMA_NATIVE", "1")
+    fns = {k: infer(m) for k, m in models.items()}
+    fns["ops"] = infer(models["YOLO11n-EMA"], use_native=False)
+    times = medians_ms(take_turns(fns, infer_repeats, warmup=3))
+    add(f"PyTorch latency, batch 1, imgsz {imgsz} (ms)", times, ".2f", "PyTorch latency")
     add(
-        f"PyTorch latency, batch 1, imgsz {imgsz} (ms)",
-        medians_ms(times),
+        "PyTorch latency, EMA layers in PyTorch ops (ULTRALYTICS_EMA_NATIVE=0)",
+        {**times, "YOLO11n-EMA": times["ops"]},
         ".2f",
-        "PyTorch latency",
+        "(no target)",
     )
 
     try:
@@ -323,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# EMA benchmark\n")
     print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads; ultralytics {ultralytics.__version__}")
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
+    kernel = "native CPU kernel" if native.enabled() and native.library() else "PyTorch ops (no native CPU kernel)"
+    print(f"- EMA inference forward pass (float32, no_grad): {kernel}")
     print(f"- mode: {'quick' if args.quick else 'full'}; medians of interleaved repeats\n", flush=True)
     start = time.perf_counter()
 

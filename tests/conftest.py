@@ -17,8 +17,10 @@ os.environ.update(
     YOLO_CONFIG_DIR=tempfile.mkdtemp(prefix="ultralytics-ema-tests-"),
     YOLO_VERBOSE="True",
     MPLBACKEND="Agg",
+    ULTRALYTICS_EMA_CACHE=tempfile.mkdtemp(prefix="ultralytics-ema-kernel-"),  # the native kernel, built once
 )
 os.environ.pop("ULTRALYTICS_EMA_AUTOLOAD", None)
+os.environ.pop("ULTRALYTICS_EMA_NATIVE", None)
 os.environ.pop("ULTRALYTICS_SAFE_LOAD", None)
 BIN = Path(sys.executable).parent
 # One short training, as key=value arguments: 1 epoch at 64 px on the tiny dataset, no plots.

@@ -1,7 +1,9 @@
 """The EMA layer: same function and gradients as the step-by-step reference, constructor errors, state_dict layout,
 unpickling of official-layout checkpoints, bf16 autocast, TorchScript tracing and ONNX export with dynamic shapes.
-Tests that take the ``gn_stats`` fixture run with both ways of computing the GroupNorm statistics (GroupNorm's own
-kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it).
+Tests that take the ``path`` fixture run three ways: with the native CPU kernel for inference calls (the default where
+it builds), and without it, in PyTorch ops, with both ways of computing the GroupNorm statistics (GroupNorm's own
+kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it). Calls with
+gradients run the same hand-written backward pass in all three.
 
 Tolerances: in float32, outputs, input gradients and parameter gradients agree with :class:`ReferenceEMA` to 1e-5,
 scaled by the tensor's largest entry where that exceeds 1. Parameter gradients are sums over every pixel of the batch,
@@ -19,7 +21,7 @@ import pickle
 import pytest
 import torch
 
-from ultralytics_ema import ema_function
+from ultralytics_ema import ema_function, native
 from ultralytics_ema.ema import EMA, valid_factors
 from ultralytics_ema.reference import ReferenceEMA
 
@@ -44,10 +46,16 @@ CASES = [
 IDS = [f"{'x'.join(map(str, shape))}-f{factor}" for shape, factor in CASES]
 
 
-@pytest.fixture(params=["groupnorm", "moments"])
-def gn_stats(request, monkeypatch) -> str:
-    """Both ways of the GroupNorm statistics: GroupNorm's kernel (small inputs) and two reductions (large inputs)."""
-    monkeypatch.setattr(ema_function, "STATS_MIN_NUMEL", 1 << 62 if request.param == "groupnorm" else 0)
+@pytest.fixture(params=["native", "groupnorm", "moments"])
+def path(request, monkeypatch) -> str:
+    """The native kernel, or PyTorch ops with GroupNorm's kernel (small inputs) or two reductions (large inputs)."""
+    if request.param == "native":
+        if native.library() is None:
+            pytest.skip("the native CPU kernel does not build here (no C compiler)")
+        monkeypatch.delenv("ULTRALYTICS_EMA_NATIVE", raising=False)
+    else:
+        monkeypatch.setenv("ULTRALYTICS_EMA_NATIVE", "0")
+        monkeypatch.setattr(ema_function, "STATS_MIN_NUMEL", 1 << 62 if request.param == "groupnorm" else 0)
     return request.param
 
 
@@ -81,13 +89,16 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("init", ["default", "random"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(("shape", "factor"), CASES, ids=IDS)
-def test_matches_reference_float32(shape: tuple, factor: int, train: bool, init: str, gn_stats: str):
+def test_matches_reference_float32(shape: tuple, factor: int, train: bool, init: str, path: str):
     fast, ref = make_pair(shape[1], factor, init)
     fast.train(train)
     ref.train(train)
     torch.manual_seed(1)
     x, grad_out = torch.randn(shape), torch.randn(shape)
     got, want = run_with_grads(fast, x, grad_out), run_with_grads(ref, x, grad_out)
+    with torch.no_grad():
+        got["out, no_grad"] = fast(x)
+    want["out, no_grad"] = want["out"]
     assert got.keys() == want.keys()
     assert got["out"].shape == x.shape
     for name, value in want.items():
@@ -116,7 +127,7 @@ def test_single_value_groupnorm_float32(init: str):
 
 @pytest.mark.parametrize("init", ["default", "random"])
 @pytest.mark.parametrize(("shape", "factor"), [*CASES, ((2, 32, 1, 1), 32)], ids=[*IDS, "2x32x1x1-f32"])
-def test_matches_reference_float64(shape: tuple, factor: int, init: str, gn_stats: str):
+def test_matches_reference_float64(shape: tuple, factor: int, init: str, path: str):
     fast, ref = make_pair(shape[1], factor, init, dtype=torch.float64)
     torch.manual_seed(2)
     x, grad_out = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
@@ -126,7 +137,7 @@ def test_matches_reference_float64(shape: tuple, factor: int, init: str, gn_stat
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_any_input_layout(layout: str, gn_stats: str):
+def test_any_input_layout(layout: str, path: str):
     fast, ref = make_pair(64, 8, "random")
     x = torch.randn(2, 64, 12, 10)
     if layout == "channels_last":
@@ -137,7 +148,7 @@ def test_any_input_layout(layout: str, gn_stats: str):
         assert max_abs_diff(fast(x), ref(x)) <= 1e-5
 
 
-def test_channels_last_weights(gn_stats: str):
+def test_channels_last_weights(path: str):
     # Models converted with .to(memory_format=torch.channels_last) hold non-contiguous 4-D weights.
     fast, ref = make_pair(64, 8, "random")
     fast = fast.to(memory_format=torch.channels_last)
@@ -148,7 +159,7 @@ def test_channels_last_weights(gn_stats: str):
         assert max_abs_diff(got[name], value) <= 1e-5 * max(1.0, value.abs().max().item()), name
 
 
-def test_nonzero_mean_input(gn_stats: str):
+def test_nonzero_mean_input(path: str):
     # Post-activation features are mostly positive: normalisation must not lose precision to a large mean.
     fast, ref = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 16, 16) * 0.5 + 3.0
@@ -157,7 +168,7 @@ def test_nonzero_mean_input(gn_stats: str):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_near_constant_channels(gn_stats: str, grad: bool):
+def test_near_constant_channels(path: str, grad: bool):
     # Mean 10, spread 1e-2: E[y^2] - E[y]^2 in float32 would lose the variance to cancellation without the shift.
     fast, ref32 = make_pair(64, 16, "random")
     _, ref64 = make_pair(64, 16, "random", dtype=torch.float64)
@@ -260,7 +271,7 @@ def test_torch_save_load_and_deepcopy():
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_bf16_autocast(grad: bool, gn_stats: str):
+def test_bf16_autocast(grad: bool, path: str):
     fast, _ = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 20, 20)
     with torch.no_grad():
@@ -278,7 +289,7 @@ def test_bf16_autocast(grad: bool, gn_stats: str):
         assert torch.isfinite(xb.grad).all()
 
 
-def test_bf16_module(gn_stats: str):
+def test_bf16_module(path: str):
     fast, _ = make_pair(64, 16, "random")
     x = torch.randn(2, 64, 12, 12)
     with torch.no_grad():
@@ -353,7 +364,7 @@ def test_hand_written_backward_only_with_grad(train: bool):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_input_untouched_and_not_aliased(layout: str, grad: bool, gn_stats: str):
+def test_input_untouched_and_not_aliased(layout: str, grad: bool, path: str):
     # Spent full-size buffers hold later results: never the input's memory (channels_last input is its own copy).
     fast, ref = make_pair(64, 8, "random")
     x = torch.randn(2, 64, 9, 7)
@@ -369,7 +380,7 @@ def test_input_untouched_and_not_aliased(layout: str, grad: bool, gn_stats: str)
 
 
 @pytest.mark.parametrize("frozen", ["input", "params"])
-def test_grads_when_only_part_requires_them(frozen: str, gn_stats: str):
+def test_grads_when_only_part_requires_them(frozen: str, path: str):
     # Fine-tuning with frozen layers: the input or the parameters may not require gradients.
     fast, ref = make_pair(32, 4, "random")
     torch.manual_seed(3)

@@ -1,4 +1,5 @@
-"""The wheel ships the package, the YAMLs of cfg/ inside it, and the startup hook at its root."""
+"""The wheel ships the package (with the native kernel's C source), the YAMLs of cfg/ inside it, and the startup
+hook at its root."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def test_wheel_contents(tmp_path: Path):
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ultralytics_ema").rglob("*.py") if "cfg" not in p.parts}
     assert {"ultralytics_ema/cfg/models/yolo11-ema.yaml", "ultralytics_ema/cfg/datasets/ema-demo.yaml"} <= cfg
     assert cfg <= names and package <= names
+    assert "ultralytics_ema/kernels/ema_cpu.c" in names  # the native kernel's source, compiled on first use
     pth = zipfile.ZipFile(wheel).read("ultralytics_ema_autoload.pth").decode()
     assert pth.count("\n") == 1 and pth.startswith("import os, sys; ") and "ULTRALYTICS_EMA_AUTOLOAD" in pth
 

@@ -29,7 +29,11 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
 - training uses a hand-written backward pass (:class:`~ultralytics_ema.ema_function.EMAFunction`) with about a sixth
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
 - tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
-  (:mod:`ultralytics_ema.ema_traced`).
+  (:mod:`ultralytics_ema.ema_traced`);
+- float32 inference on CPU runs the whole layer as one C function, compiled on first use
+  (:mod:`ultralytics_ema.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches it off): it works through the input one
+  channel group at a time, with the group's data in cache (the PyTorch ops above each pass over the whole input).
+  Without a C compiler the PyTorch ops run.
 
 Only means, matmuls, plain convs and elementwise ops are used (no adaptive pooling, no branching on tensor values), so
 the layer traces and exports to ONNX with dynamic batch and image size.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ultralytics_ema import native
 from ultralytics_ema.ema_function import EMAFunction, ema_forward
 from ultralytics_ema.ema_traced import ema_forward_traced
 
@@ -108,7 +113,8 @@ class EMA(nn.Module):
         """Apply the attention to ``x`` of shape ``(b, c, h, w)``.
 
         With gradients, the hand-written backward pass of :class:`EMAFunction` is used; without them (inference)
-        the same forward pass runs as plain tensor operations. Tracing (TorchScript, ONNX export) records
+        the same forward pass runs in the native CPU kernel (float32 on CPU, where it builds) or as plain tensor
+        operations. Tracing (TorchScript, ONNX export) records
         :func:`~ultralytics_ema.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)
@@ -120,4 +126,6 @@ class EMA(nn.Module):
             return ema_forward_traced(x, *params, self.groups, self.gn.eps)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
             return EMAFunction.apply(x, *params, self.groups, self.gn.eps)
+        if native.applies(x, params):
+            return native.ema_forward_native(x, *params, self.groups, self.gn.eps)
         return ema_forward(x, *params, self.groups, self.gn.eps)[0]

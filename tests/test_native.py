@@ -1,0 +1,202 @@
+"""The native CPU kernel: which calls use it, its results against the reference, and its build (cache, the switch,
+fallbacks when the compiler is missing or fails, nothing half-written, no process-wide float mode changes).
+
+Results of the kernel itself on every case of ``test_ema.py`` are covered there (its ``path`` fixture); here are the
+inputs and conditions specific to the kernel. Build tests run in fresh processes with their own cache folders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_ok, python, result
+from test_ema import make_pair, max_abs_diff
+from torch.utils.flop_counter import FlopCounterMode
+
+from ultralytics_ema import native
+
+needs_kernel = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: the native kernel cannot build"
+)
+
+# Runs two EMA layers three times each without gradients, prints whether the kernel loaded and the largest
+# difference to the reference, then whether float32 subnormals survive (a -ffast-math link would flush them).
+SCRIPT = """
+import torch
+from ultralytics_ema import native
+from ultralytics_ema.ema import EMA
+from ultralytics_ema.reference import ReferenceEMA
+torch.manual_seed(0)
+diff = 0.0
+for c in (64, 32):
+    fast, ref = EMA(c, 8), ReferenceEMA(c, 8)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, c, 9, 7)
+    with torch.no_grad():
+        for _ in range(3):
+            diff = max(diff, (fast(x) - ref(x)).abs().max().item())
+print("RESULT", native.library() is not None, diff, (torch.tensor([1e-40]) * 1).item() != 0)
+"""
+
+
+def spy(monkeypatch) -> list:
+    """Record the calls of the native kernel (the layer looks it up on the module at each call)."""
+    calls = []
+    real = native.ema_forward_native
+
+    def record(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native, "ema_forward_native", record)
+    return calls
+
+
+@needs_kernel
+def test_builds_here_and_caches_one_file():
+    assert native.library() is not None
+    files = sorted(p.name for p in native.cache_dir().iterdir())
+    assert len(files) == 1 and files[0].startswith("ema_cpu-"), files
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "factor"),
+    [((1, 64, 80, 80), 32), ((2, 128, 40, 40), 32), ((1, 256, 20, 20), 32), ((3, 96, 33, 17), 4), ((1, 8, 2, 1), 8)],
+)
+def test_matches_reference(shape: tuple, factor: int, threads: int, monkeypatch):
+    calls = spy(monkeypatch)
+    fast, ref = make_pair(shape[1], factor, "random")
+    x = torch.randn(shape) * 3 + 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got, want = fast(x), ref(x)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [x.shape]
+    assert got.shape == x.shape and got.is_contiguous()
+    assert max_abs_diff(got, want) <= 1e-5
+
+
+@needs_kernel
+def test_same_result_for_any_thread_count_and_layout():
+    # Each group is computed by one thread from its own data: results do not depend on the thread count or layout.
+    fast, _ = make_pair(64, 32, "random")
+    x = torch.randn(2, 64, 12, 10)
+    outs = []
+    previous = torch.get_num_threads()
+    for threads, layout in [(1, torch.contiguous_format), (2, torch.contiguous_format), (2, torch.channels_last)]:
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                outs.append(fast(x.contiguous(memory_format=layout)))
+        finally:
+            torch.set_num_threads(previous)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@needs_kernel
+def test_strided_input_and_large_offset_channels(monkeypatch):
+    calls = spy(monkeypatch)
+    fast, ref = make_pair(32, 4, "random")
+    x = (torch.randn(2, 32, 16, 22) * 1e-2 + 50)[..., ::2]  # non-contiguous, near-constant channels
+    before = x.clone()
+    with torch.no_grad():
+        got, want = fast(x), ref.double()(x.double())
+    assert len(calls) == 1 and torch.equal(x, before)
+    assert max_abs_diff(got, want) <= 1e-5 * want.abs().max().item()
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", ["grad", "bfloat16", "float64", "switched off", "flop counter", "tracing"])
+def test_calls_that_run_torch_ops(case: str, monkeypatch):
+    calls = spy(monkeypatch)
+    fast, ref = make_pair(32, 4, "random")
+    x = torch.randn(1, 32, 6, 5)
+    if case == "grad":
+        assert fast(x.requires_grad_()).grad_fn is not None
+    elif case in ("bfloat16", "float64"):
+        dtype = getattr(torch, case)
+        with torch.no_grad():
+            assert fast.to(dtype)(x.to(dtype)).dtype == dtype
+    elif case == "switched off":
+        for value in ("0", "false", "off"):
+            monkeypatch.setenv("ULTRALYTICS_EMA_NATIVE", value)
+            with torch.no_grad():
+                assert max_abs_diff(fast(x), ref(x)) <= 1e-5
+        monkeypatch.delenv("ULTRALYTICS_EMA_NATIVE")
+    elif case == "flop counter":  # FLOP counters see the layer's torch ops
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fast(x)
+        assert counter.get_total_flops() > 0
+    else:
+        with torch.no_grad():
+            traced = torch.jit.trace(fast, x, check_trace=False)  # the check would run it eagerly
+            assert max_abs_diff(traced(x), ref(x)) <= 1e-5
+    assert calls == []
+    with torch.no_grad():  # the same layer, in an ordinary inference call, does use the kernel
+        fast.float()(x.detach())
+    assert len(calls) == 1
+
+
+@needs_kernel
+def test_build_once_then_reuse(tmp_path: Path):
+    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache")}
+    first = assert_ok(python(SCRIPT, env=env))
+    loaded, diff, subnormals = result(first)
+    assert loaded == "True" and float(diff) <= 1e-5 and subnormals == "True"
+    assert first.count("compiled the native CPU kernel") == 1
+    (lib,) = (tmp_path / "cache").iterdir()
+    mtime = lib.stat().st_mtime_ns
+    second = assert_ok(python(SCRIPT, env=env))
+    assert result(second)[0] == "True" and "compiled the native CPU kernel" not in second
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [lib.name] and lib.stat().st_mtime_ns == mtime
+
+
+def test_switched_off_builds_nothing(tmp_path: Path):
+    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "ULTRALYTICS_EMA_NATIVE": "0"}
+    out = assert_ok(python(SCRIPT.replace("native.library() is not None", "native.enabled()"), env=env))
+    assert result(out)[0] == "False" and float(result(out)[1]) <= 1e-5
+    assert not (tmp_path / "cache").exists() and "native CPU kernel" not in out
+
+
+def fake_compiler(folder: Path, body: str) -> Path:
+    """A shell script that acts as the C compiler."""
+    path = folder / "fake-cc"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.mark.parametrize("compiler", ["missing", "fails", "writes half a file"])
+def test_without_a_working_compiler(compiler: str, tmp_path: Path):
+    if compiler == "missing":
+        cc = tmp_path / "no-such-cc"
+    else:  # answers --version, then fails every compile; the second one leaves a partial output file behind
+        partial = 'for a; do [ "$prev" = -o ] && echo partial > "$a"; prev=$a; done; ' if "half" in compiler else ""
+        cc = fake_compiler(tmp_path, f'[ "$1" = --version ] && echo fake 1.0 && exit 0\n{partial}echo boom >&2; exit 1')
+    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "CC": str(cc)}
+    out = assert_ok(python(SCRIPT, env=env))
+    assert result(out)[0] == "False" and float(result(out)[1]) <= 1e-5  # PyTorch ops, same results
+    warnings = [line for line in out.splitlines() if "native CPU kernel unavailable" in line]
+    assert len(warnings) == 1, out  # once per process, not per call
+    assert ("boom" in warnings[0]) == (compiler != "missing") and "EMA attention layer" in warnings[0]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+@needs_kernel
+def test_falls_back_to_a_build_without_openmp(tmp_path: Path):
+    real = shutil.which(os.environ.get("CC") or "cc")
+    cc = fake_compiler(tmp_path, f'for a; do [ "$a" = -fopenmp ] && exit 1; done; exec "{real}" "$@"')
+    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "CC": str(cc)}
+    out = assert_ok(python(SCRIPT, env=env))
+    assert result(out)[0] == "True" and float(result(out)[1]) <= 1e-5 and result(out)[2] == "True"
+    assert len(list((tmp_path / "cache").iterdir())) == 1
