@@ -3,12 +3,14 @@
 
 (a) Module level: :class:`ultralytics_ema.EMA` against :class:`ultralytics_ema.ReferenceEMA` (the step-by-step math
     of the official code) with the same weights, on the feature maps that the EMA layers of YOLO11n and YOLO11s see at
-    imgsz 640, batch 1 and 8, forward (no_grad) and forward + backward. Each repeat runs both layers back to back, in
-    alternating order, in one process; the tables give medians.
+    imgsz 640, batch 1 and 8, forward (no_grad) and forward + backward. Each repeat runs the reference, the layer and
+    the layer with its native CPU kernels switched off (PyTorch ops) back to back, in alternating order, in one
+    process; the tables give medians.
 (b) Model level: YOLO11n against YOLO11n-EMA (EMA on the three neck outputs, factor 32, built from the plugin's
     ``yolo11n-ema.yaml``): parameters, GFLOPs (torch's FLOP counter, fused model, imgsz 640), PyTorch latency (imgsz
     640, batch 1, fused, eval, no_grad), ONNX Runtime latency (both exported with ``torch.onnx.export`` to a temporary
-    folder) and the time of one training step (forward, loss, backward; batch 8 at imgsz 640). The models take turns.
+    folder) and the time of one training step (forward, loss, backward; batch 8 at imgsz 640). The models take turns;
+    PyTorch rows are repeated with the native kernels switched off.
 
 Rows with a speed target say whether the measured ratio meets it. Timings on a shared or
 throttled machine are noisy: compare runs taken on the same machine, and prefer several runs to one.
@@ -22,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +44,6 @@ import torch
 import ultralytics_ema
 from ultralytics_ema import native
 from ultralytics_ema.ema import EMA
-from ultralytics_ema.ema_function import ema_forward
 from ultralytics_ema.reference import ReferenceEMA
 
 # Feature maps (channels, height, width) of the EMA layers of YOLO11n and YOLO11s-EMA at imgsz 640 (P3, P4, P5).
@@ -113,34 +116,37 @@ def verdict(ratio: float, target: float | None, higher_is_better: bool) -> str:
     return f"{'≥' if higher_is_better else '≤'}{target:g}: {'met' if met else 'NOT met'}"
 
 
-def layer_call(m: torch.nn.Module, x: torch.Tensor, kind: str, grad_out: torch.Tensor) -> Callable[[], object]:
-    """A call of layer ``m``: forward under no_grad (``kind`` 'fwd'), or forward + backward of ``grad_out``.
+@contextlib.contextmanager
+def native_switch(use_native: bool) -> Iterator[None]:
+    """Switch the native kernels on or off (``ULTRALYTICS_EMA_NATIVE``) for the duration of a call."""
+    switch = os.environ.get("ULTRALYTICS_EMA_NATIVE")
+    os.environ["ULTRALYTICS_EMA_NATIVE"] = "1" if use_native else "0"
+    try:
+        yield
+    finally:
+        if switch is None:
+            del os.environ["ULTRALYTICS_EMA_NATIVE"]
+        else:
+            os.environ["ULTRALYTICS_EMA_NATIVE"] = switch
 
-    ``kind`` 'fwd, PyTorch ops' is the forward pass of an :class:`EMA` without the native kernel.
-    """
-    if kind == "fwd, PyTorch ops":
-        params = (m.conv1x1.weight, m.conv1x1.bias, m.conv3x3.weight, m.conv3x3.bias, m.gn.weight, m.gn.bias)
 
-        def torch_ops() -> object:
-            with torch.no_grad():
-                return ema_forward(x, *params, m.groups, m.gn.eps)[0]
-
-        return torch_ops
-    if kind == "fwd":
-
-        def forward() -> object:
-            with torch.no_grad():
-                return m(x)
-
-        return forward
+def layer_call(
+    m: torch.nn.Module, x: torch.Tensor, kind: str, grad_out: torch.Tensor, use_native: bool = True
+) -> Callable[[], object]:
+    """A call of layer ``m``: forward under no_grad (``kind`` 'fwd'), or forward + backward of ``grad_out``; with
+    ``use_native`` False, with the native kernels switched off for the call."""
     xg = x.clone().requires_grad_(True)
 
-    def forward_backward() -> object:
-        m.zero_grad(set_to_none=True)
-        xg.grad = None
-        m(xg).backward(grad_out)
+    def call() -> object:
+        with native_switch(use_native):
+            if kind == "fwd":
+                with torch.no_grad():
+                    return m(x)
+            m.zero_grad(set_to_none=True)
+            xg.grad = None
+            m(xg).backward(grad_out)
 
-    return forward_backward
+    return call
 
 
 def module_rows(quick: bool) -> list[str]:
@@ -157,14 +163,16 @@ def module_rows(quick: bool) -> list[str]:
             x = torch.randn(batch, c, h, w)
             grad_out = torch.randn_like(x)
             for kind in ("fwd", "fwd+bwd"):
-                fns = {"ref": layer_call(ref, x, kind, grad_out), "fast": layer_call(fast, x, kind, grad_out)}
-                if kind == "fwd":  # the native kernel's share: the same forward pass in PyTorch ops
-                    fns["ops"] = layer_call(fast, x, "fwd, PyTorch ops", grad_out)
+                fns = {
+                    "ref": layer_call(ref, x, kind, grad_out),
+                    "fast": layer_call(fast, x, kind, grad_out),
+                    "ops": layer_call(fast, x, kind, grad_out, use_native=False),  # the native kernels' share
+                }
                 times = take_turns(fns, repeats_for(fns, budget, low, high))
                 t = medians_ms(times)
                 ratio = t["ref"] / t["fast"]
                 target = verdict(ratio, MODULE_TARGETS.get((c, h, w, batch, kind)), higher_is_better=True)
-                ops = f"{t['ops']:.3f} | {t['ref'] / t['ops']:.2f}x" if "ops" in t else "(as fast) |"
+                ops = f"{t['ops']:.3f} | {t['ref'] / t['ops']:.2f}x"
                 rows.append(
                     f"| ({c}, {h}, {w}) | {batch} | {kind} | {t['ref']:.3f} | {t['fast']:.3f} | {ratio:.2f}x "
                     f"| {len(times['ref'])} | {target} | {ops} |"
@@ -271,24 +279,24 @@ def model_rows(quick: bool) -> list[str]:
         "bboxes": torch.rand(n_boxes, 4, generator=g) * 0.4 + 0.3,
     }
 
-    def train_step(model: torch.nn.Module) -> Callable[[], object]:
+    def train_step(model: torch.nn.Module, use_native: bool = True) -> Callable[[], object]:
         def fn() -> object:
-            model.zero_grad(set_to_none=True)
-            loss, _ = model.loss(batch)
-            loss.sum().backward()
+            with native_switch(use_native):
+                model.zero_grad(set_to_none=True)
+                loss, _ = model.loss(batch)
+                loss.sum().backward()
 
         return fn
 
     for model in models.values():
         model.args = get_cfg()
         model.train()
-    times = take_turns({k: train_step(m) for k, m in models.items()}, train_repeats, warmup=1)
-    add(
-        f"training step, batch {train_batch}, imgsz {train_imgsz} (ms)",
-        medians_ms(times),
-        ".1f",
-        "training step",
-    )
+    fns = {k: train_step(m) for k, m in models.items()}
+    fns["ops"] = train_step(models["YOLO11n-EMA"], use_native=False)
+    times = medians_ms(take_turns(fns, train_repeats, warmup=1))
+    metric = f"training step, batch {train_batch}, imgsz {train_imgsz} (ms)"
+    add(metric, times, ".1f", "training step")
+    add(f"{metric}, EMA layers in PyTorch ops", {**times, "YOLO11n-EMA": times["ops"]}, ".1f", "(no target)")
 
     for model in models.values():
         model.zero_grad(set_to_none=True)
@@ -300,22 +308,17 @@ def model_rows(quick: bool) -> list[str]:
 
     def infer(model: torch.nn.Module, use_native: bool = True) -> Callable[[], object]:
         def fn() -> object:
-            os.environ["ULTRALYTICS_EMA_NATIVE"] = "1" if use_native else "0"
-            try:
-                with torch.no_grad():
-                    return model(x)
-            finally:
-                os.environ["ULTRALYTICS_EMA_NATIVE"] = switch
+            with native_switch(use_native), torch.no_grad():
+                return model(x)
 
         return fn
 
-    switch = os.environ.get("ULTRALYTICS_EMA_NATIVE", "1")
     fns = {k: infer(m) for k, m in models.items()}
     fns["ops"] = infer(models["YOLO11n-EMA"], use_native=False)
     times = medians_ms(take_turns(fns, infer_repeats, warmup=3))
     add(f"PyTorch latency, batch 1, imgsz {imgsz} (ms)", times, ".2f", "PyTorch latency")
     add(
-        "PyTorch latency, EMA layers in PyTorch ops (ULTRALYTICS_EMA_NATIVE=0)",
+        "PyTorch latency, EMA layers in PyTorch ops",
         {**times, "YOLO11n-EMA": times["ops"]},
         ".2f",
         "(no target)",
@@ -361,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# EMA benchmark\n")
     print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads; ultralytics {ultralytics.__version__}")
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
-    kernel = "native CPU kernel" if native.enabled() and native.library() else "PyTorch ops (no native CPU kernel)"
-    print(f"- EMA inference forward pass (float32, no_grad): {kernel}")
+    kernel = "native CPU kernels" if native.enabled() and native.library() else "PyTorch ops (no native CPU kernels)"
+    print(f"- EMA layer, float32 on CPU: {kernel}")
     print(f"- mode: {'quick' if args.quick else 'full'}; medians of interleaved repeats\n", flush=True)
     start = time.perf_counter()
 

@@ -1,8 +1,8 @@
-"""The native CPU kernel: which calls use it, its results against the reference, and its build (cache, the switch,
-fallbacks when the compiler is missing or fails, nothing half-written, no process-wide float mode changes).
+"""The native CPU kernels: which calls use them, their results against the reference, and their build (cache, the
+switch, fallbacks when the compiler is missing or fails, nothing half-written, no process-wide float mode changes).
 
-Results of the kernel itself on every case of ``test_ema.py`` are covered there (its ``path`` fixture); here are the
-inputs and conditions specific to the kernel. Build tests run in fresh processes with their own cache folders.
+Outputs and gradients of the kernels on every case of ``test_ema.py`` are covered there (its ``path`` fixture); here
+are the inputs and conditions specific to the kernels. Build tests run in fresh processes with their own caches.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_ok, python, result
-from test_ema import make_pair, max_abs_diff
+from test_ema import make_pair, max_abs_diff, run_with_grads
 from torch.utils.flop_counter import FlopCounterMode
 
 from ultralytics_ema import native
@@ -24,8 +24,9 @@ needs_kernel = pytest.mark.skipif(
     shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: the native kernel cannot build"
 )
 
-# Runs two EMA layers three times each without gradients, prints whether the kernel loaded and the largest
-# difference to the reference, then whether float32 subnormals survive (a -ffast-math link would flush them).
+# Runs two EMA layers three times each without gradients and once with, prints whether the kernels loaded and the
+# largest difference to the reference (outputs and input gradients), then whether float32 subnormals survive (a
+# -ffast-math link would flush them).
 SCRIPT = """
 import torch
 from ultralytics_ema import native
@@ -40,20 +41,22 @@ for c in (64, 32):
     with torch.no_grad():
         for _ in range(3):
             diff = max(diff, (fast(x) - ref(x)).abs().max().item())
+    grads = [torch.autograd.grad(m(x.requires_grad_()).square().sum(), x)[0] for m in (fast, ref)]
+    diff = max(diff, (grads[0] - grads[1]).abs().max().item())
 print("RESULT", native.library() is not None, diff, (torch.tensor([1e-40]) * 1).item() != 0)
 """
 
 
-def spy(monkeypatch) -> list:
-    """Record the calls of the native kernel (the layer looks it up on the module at each call)."""
+def spy(monkeypatch, name: str = "ema_forward_native") -> list:
+    """Record the calls of a native kernel's wrapper (callers look it up on the module at each call)."""
     calls = []
-    real = native.ema_forward_native
+    real = getattr(native, name)
 
     def record(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(native, "ema_forward_native", record)
+    monkeypatch.setattr(native, name, record)
     return calls
 
 
@@ -116,14 +119,12 @@ def test_strided_input_and_large_offset_channels(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("case", ["grad", "bfloat16", "float64", "switched off", "flop counter", "tracing"])
+@pytest.mark.parametrize("case", ["bfloat16", "float64", "switched off", "flop counter", "tracing"])
 def test_calls_that_run_torch_ops(case: str, monkeypatch):
     calls = spy(monkeypatch)
     fast, ref = make_pair(32, 4, "random")
     x = torch.randn(1, 32, 6, 5)
-    if case == "grad":
-        assert fast(x.requires_grad_()).grad_fn is not None
-    elif case in ("bfloat16", "float64"):
+    if case in ("bfloat16", "float64"):
         dtype = getattr(torch, case)
         with torch.no_grad():
             assert fast.to(dtype)(x.to(dtype)).dtype == dtype
@@ -132,6 +133,7 @@ def test_calls_that_run_torch_ops(case: str, monkeypatch):
             monkeypatch.setenv("ULTRALYTICS_EMA_NATIVE", value)
             with torch.no_grad():
                 assert max_abs_diff(fast(x), ref(x)) <= 1e-5
+            fast(x.requires_grad_()).sum().backward()
         monkeypatch.delenv("ULTRALYTICS_EMA_NATIVE")
     elif case == "flop counter":  # FLOP counters see the layer's torch ops
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -148,16 +150,51 @@ def test_calls_that_run_torch_ops(case: str, monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("shape", "factor"), [((2, 64, 80, 80), 32), ((1, 256, 20, 20), 32), ((3, 96, 33, 17), 4)])
+def test_gradients_match_reference(shape: tuple, factor: int, threads: int, monkeypatch):
+    forward, backward = spy(monkeypatch), spy(monkeypatch, "ema_backward_native")
+    fast, ref = make_pair(shape[1], factor, "random")
+    x, grad_out = torch.randn(shape), torch.randn(shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run_with_grads(fast, x, grad_out)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(forward) == 1 and len(backward) == 1
+    want = run_with_grads(ref.double(), x.double(), grad_out.double())  # float64: the reference's own rounding aside
+    for name, value in want.items():
+        tol = 1e-5 * max(1.0, value.abs().max().item())
+        assert max_abs_diff(got[name], value) <= tol, f"{name}: |diff| {max_abs_diff(got[name], value):.3g} > {tol:.3g}"
+
+
+@needs_kernel
+def test_gradients_same_for_any_thread_count():
+    fast, _ = make_pair(64, 32, "random")
+    x, grad_out = torch.randn(2, 64, 12, 10), torch.randn(2, 64, 12, 10)
+    runs = []
+    previous = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            runs.append(run_with_grads(fast, x, grad_out))
+        finally:
+            torch.set_num_threads(previous)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+@needs_kernel
 def test_build_once_then_reuse(tmp_path: Path):
     env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache")}
     first = assert_ok(python(SCRIPT, env=env))
     loaded, diff, subnormals = result(first)
     assert loaded == "True" and float(diff) <= 1e-5 and subnormals == "True"
-    assert first.count("compiled the native CPU kernel") == 1
+    assert first.count("compiled the native CPU kernels") == 1
     (lib,) = (tmp_path / "cache").iterdir()
     mtime = lib.stat().st_mtime_ns
     second = assert_ok(python(SCRIPT, env=env))
-    assert result(second)[0] == "True" and "compiled the native CPU kernel" not in second
+    assert result(second)[0] == "True" and "compiled the native CPU kernels" not in second
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [lib.name] and lib.stat().st_mtime_ns == mtime
 
 
@@ -165,7 +202,7 @@ def test_switched_off_builds_nothing(tmp_path: Path):
     env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "ULTRALYTICS_EMA_NATIVE": "0"}
     out = assert_ok(python(SCRIPT.replace("native.library() is not None", "native.enabled()"), env=env))
     assert result(out)[0] == "False" and float(result(out)[1]) <= 1e-5
-    assert not (tmp_path / "cache").exists() and "native CPU kernel" not in out
+    assert not (tmp_path / "cache").exists() and "native CPU kernels" not in out
 
 
 def fake_compiler(folder: Path, body: str) -> Path:
@@ -186,7 +223,7 @@ def test_without_a_working_compiler(compiler: str, tmp_path: Path):
     env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "CC": str(cc)}
     out = assert_ok(python(SCRIPT, env=env))
     assert result(out)[0] == "False" and float(result(out)[1]) <= 1e-5  # PyTorch ops, same results
-    warnings = [line for line in out.splitlines() if "native CPU kernel unavailable" in line]
+    warnings = [line for line in out.splitlines() if "native CPU kernels unavailable" in line]
     assert len(warnings) == 1, out  # once per process, not per call
     assert ("boom" in warnings[0]) == (compiler != "missing") and "EMA attention layer" in warnings[0]
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

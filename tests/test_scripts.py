@@ -196,3 +196,21 @@ def test_demo_is_learnable(tmp_path: Path):
     rows = list(csv.DictReader((tmp_path / "learn" / "results.csv").open()))
     assert len(rows) == 15
     assert float(rows[-1]["metrics/mAP50(B)"]) > 0.1
+
+
+def test_benchmark_quick_tables():
+    # The numbers are the machine's; the test checks the tables: every row measured, ratios and targets filled in.
+    out = assert_ok(script("benchmark.py", "--quick"))
+    kernels = "native CPU kernels" if "kernels unavailable" not in out else "PyTorch ops (no native CPU kernels)"
+    assert f"- EMA layer, float32 on CPU: {kernels}" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| (")]
+    assert len(rows) == 12  # 3 YOLO11n shapes x batch 1, 8 x fwd, fwd+bwd
+    for cells in rows:
+        ref, fast, ops = float(cells[3]), float(cells[4]), float(cells[8])
+        assert ref > 0 and fast > 0 and ops > 0
+        for shown, ratio in ((cells[5], ref / fast), (cells[9], ref / ops)):  # ratios of the printed (rounded) times
+            assert shown.strip().endswith("x") and float(shown.strip()[:-1]) == pytest.approx(ratio, rel=0.02, abs=0.01)
+    assert sum("met" in cells[7] for cells in rows) == 4  # the four module targets, each judged
+    for metric in ("parameters", "training step", "GFLOPs", "PyTorch latency", "ONNX Runtime"):
+        assert any(line.startswith(f"| {metric}") for line in out.splitlines()), metric
+    assert "| PyTorch latency, EMA layers in PyTorch ops |" in out and "Total time:" in out

@@ -30,8 +30,8 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
 - tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
   (:mod:`ultralytics_ema.ema_traced`);
-- float32 inference on CPU runs the whole layer as one C function, compiled on first use
-  (:mod:`ultralytics_ema.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches it off): it works through the input one
+- in float32 on CPU, the forward pass and the backward pass each run as one C function, compiled on first use
+  (:mod:`ultralytics_ema.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches them off): they work through the input one
   channel group at a time, with the group's data in cache (the PyTorch ops above each pass over the whole input).
   Without a C compiler the PyTorch ops run.
 
@@ -112,9 +112,9 @@ class EMA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attention to ``x`` of shape ``(b, c, h, w)``.
 
-        With gradients, the hand-written backward pass of :class:`EMAFunction` is used; without them (inference)
-        the same forward pass runs in the native CPU kernel (float32 on CPU, where it builds) or as plain tensor
-        operations. Tracing (TorchScript, ONNX export) records
+        With gradients, :class:`EMAFunction` (a hand-written backward pass) is used; without them (inference) the
+        forward pass alone. Both run in the native CPU kernels (float32 on CPU, where they build), else as PyTorch
+        ops. Tracing (TorchScript, ONNX export) records
         :func:`~ultralytics_ema.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)
@@ -127,5 +127,5 @@ class EMA(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
             return EMAFunction.apply(x, *params, self.groups, self.gn.eps)
         if native.applies(x, params):
-            return native.ema_forward_native(x, *params, self.groups, self.gn.eps)
+            return native.ema_forward_native(x, *params, self.groups, self.gn.eps)[0]
         return ema_forward(x, *params, self.groups, self.gn.eps)[0]

@@ -6,7 +6,8 @@ See :mod:`ultralytics_ema.ema` for the layer and the paper. This file holds the 
   record :func:`ultralytics_ema.ema_traced.ema_forward_traced` instead.
 - :class:`EMAFunction` runs the same forward pass and keeps what its backward pass needs. The backward pass is
   written out by hand: autograd would run about six times as many full-size operations, most of them reductions
-  over broadcast dimensions.
+  over broadcast dimensions. In float32 on CPU both passes run in the native kernels (:mod:`ultralytics_ema.native`,
+  the same steps in C); :func:`parameter_grads` assembles the parameter gradients for both.
 
 Notation, per group ``n`` (``b * factor`` of them) with channels ``i, o`` (``c / factor``): ``x`` is the input;
 ``gates = sigmoid(conv1x1([row means | column means]))``; ``y = x * gate_h * gate_w``; ``x1 = GroupNorm(y)``;
@@ -22,7 +23,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EMAFunction", "ema_forward"]
+from ultralytics_ema import native
+
+__all__ = ["EMAFunction", "ema_forward", "parameter_grads"]
 
 # From this many elements of the gated input on, its GroupNorm statistics come from two reductions (no normalised
 # copy is written): at batch 8 and more that saves a full-size buffer; below, GroupNorm's kernel has fewer small ops.
@@ -160,21 +163,64 @@ def ema_forward(
     return out, saved
 
 
+def parameter_grads(
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    pooled: torch.Tensor,
+    windows: torch.Tensor,
+    d_gates: torch.Tensor,
+    d_logits: torch.Tensor,
+    d_kernel: torch.Tensor,
+    q: torch.Tensor,
+    sum_d: torch.Tensor,
+    hw: int,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``(w1, b1, w3, b3, gamma, beta)`` from the backward pass's per-group terms.
+
+    Shapes: ``w3`` ``(cg, cg * 9)``; ``pooled`` and ``d_gates`` (the 1x1 conv output's gradient) ``(bg, cg, h + w)``;
+    ``windows`` ``(bg, cg * 9)``; ``s2``, ``d_logits`` (the second softmax input's gradient) and ``q`` (mean of the
+    map's gradient times the normalised y) ``(bg, cg)``; ``d_kernel`` (gradient of the s1-weighted kernels, summed
+    over groups) ``(cg * 9,)``; ``sum_d`` (sum of the map's gradient) ``(bg, 1)``.
+    """
+    cg = s1.shape[0]
+    total_d = sum_d.sum()
+    d_s1 = w3 @ d_kernel + b3 * total_d
+    d_w1 = (d_gates @ pooled.transpose(1, 2)).sum(0).view(cg, cg, 1, 1)
+    d_b1 = d_gates.sum((0, 2))
+    d_w3 = (torch.outer(s1, d_kernel) + d_logits.t() @ windows).view(cg, cg, 3, 3)
+    d_b3 = d_logits.sum(0) + s1 * total_d
+    d_gamma = (s2 * q).sum(0) * hw
+    d_beta = (s2 * sum_d).sum(0) + s1 * (d_s1 - s1 @ d_s1)
+    return d_w1, d_b1, d_w3, d_b3, d_gamma, d_beta
+
+
 class EMAFunction(torch.autograd.Function):
-    """:func:`ema_forward` with a hand-written backward pass (first derivatives only)."""
+    """:func:`ema_forward` with a hand-written backward pass (first derivatives only).
+
+    Float32 on CPU runs both passes in the native kernels (:mod:`ultralytics_ema.native`) where they apply.
+    """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w3, b3, gamma, beta, groups: int, eps: float):
-        """Run :func:`ema_forward` and keep what :meth:`backward` needs."""
-        out, saved = ema_forward(x, w1, b1, w3, b3, gamma, beta, groups, eps, keep=True)
+        """Run :func:`ema_forward` (or the native kernel) and keep what :meth:`backward` needs."""
+        params = (w1, b1, w3, b3, gamma, beta)
+        ctx.groups, ctx.shape, ctx.native = groups, x.shape, native.applies(x, params)
+        if ctx.native:
+            out, saved = native.ema_forward_native(x, *params, groups, eps, keep=True)
+            ctx.save_for_backward(*params, *saved)
+            return out
+        out, saved = ema_forward(x, *params, groups, eps, keep=True)
         ctx.save_for_backward(w1, w3, b3, gamma, *saved)
-        ctx.groups, ctx.shape = groups, x.shape
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         """Gradients of the input and of the six parameters."""
+        if ctx.native:
+            return EMAFunction._native_backward(ctx, grad)
         w1, w3, b3, gamma, gx, x_cl, y, mean, rstd, att, gates, pooled, windows, s1, s2, kernel, bias = (
             ctx.saved_tensors
         )
@@ -192,7 +238,6 @@ class EMAFunction(torch.autograd.Function):
         dx = torch.mul(grad, att, out=buf)
         del buf
         sum_d = d_att.sum(2)  # (bg, 1)
-        total_d = sum_d.sum()
 
         # s1-weighted 3x3 conv, through the depthwise conv of the forward pass (input and per-channel kernel grads).
         d_cl = gx.new_empty(b, h, w, c)  # channels_last memory, reused below
@@ -204,7 +249,6 @@ class EMAFunction(torch.autograd.Function):
         spare = _spare(dx_conv, xs.shape)  # done with: holds dy below
         del dx_conv
         d_kernel = d_kernel.view(g, cg * 9).sum(0)  # gradient of s1 @ w3
-        d_s1 = w3 @ d_kernel + b3 * total_d
 
         # s2-weighted GroupNorm: statistics of y, then dy = alpha * d_att + coef * y + const.
         mean, rstd = mean.view(bg, cg), rstd.view(bg, cg)
@@ -251,11 +295,31 @@ class EMAFunction(torch.autograd.Function):
         )
         dx.view(bg * cg, h, w).baddbmm_(left, right)
 
-        # Parameter gradients.
-        d_w1 = (d_gates @ pooled.transpose(1, 2)).sum(0).view(cg, cg, 1, 1)
-        d_b1 = d_gates.sum((0, 2))
-        d_w3 = (torch.outer(s1, d_kernel) + d_logits.t() @ windows).view(cg, cg, 3, 3)
-        d_b3 = d_logits.sum(0) + s1 * total_d
-        d_gamma = (s2 * q).sum(0) * hw
-        d_beta = (s2 * sum_d).sum(0) + s1 * (d_s1 - s1 @ d_s1)
-        return dx.view(b, c, h, w), d_w1, d_b1, d_w3, d_b3, d_gamma, d_beta, None, None
+        grads = parameter_grads(w3, b3, s1, s2, pooled, windows, d_gates, d_logits, d_kernel, q, sum_d, hw)
+        return (dx.view(b, c, h, w), *grads, None, None)
+
+    @staticmethod
+    def _native_backward(ctx, grad):
+        """:meth:`backward` by the native kernel, from what :func:`native.ema_forward_native` kept."""
+        w1, b1, w3, b3, gamma, beta, *saved = ctx.saved_tensors
+        dx, d_kernel, d_gates, d_logits, q, sum_d = native.ema_backward_native(
+            grad, (w1, b1, w3, b3, gamma, beta), saved, ctx.groups
+        )
+        pooled, windows, s2 = saved[3], saved[4], saved[5]
+        s1 = beta.softmax(0)
+        cg, hw = gamma.shape[0], ctx.shape[2] * ctx.shape[3]
+        grads = parameter_grads(
+            w3.reshape(cg, cg * 9),
+            b3,
+            s1,
+            s2,
+            pooled,
+            windows,
+            d_gates,
+            d_logits,
+            d_kernel.sum(0),
+            q,
+            sum_d.view(-1, 1),
+            hw,
+        )
+        return (dx, *grads, None, None)

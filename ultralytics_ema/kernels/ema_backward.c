@@ -1,0 +1,204 @@
+/*
+ * EMA attention, backward pass on CPU (see ema_cpu.h); the steps of EMAFunction.backward in
+ * ultralytics_ema/ema_function.py, one group at a time. It writes the input gradient and, per group, the small
+ * tensors from which ultralytics_ema/ema_function.py (parameter_grads) assembles the parameter gradients.
+ *
+ * Per group: one pass gives the attention map's gradient d_att; one pass per channel the GroupNorm terms; then per
+ * channel one pass writes the direct and GroupNorm parts of dx and the gates' gradients, one adds the 3x3 conv's
+ * part and the kernel's gradient, and one (after the 1x1 conv's backward, which mixes channels) the parts that flow
+ * through the row, column and window means.
+ */
+#include "ema_cpu.h"
+
+/* Per-group results besides dx, as (groups, ...) arrays. */
+typedef struct {
+    float *d_kernel; /* (cg, 9) gradient of the s1-weighted kernels */
+    float *d_gates;  /* (cg, h + w) gradient of the 1x1 conv's output (before the sigmoid) */
+    float *d_logits; /* (cg) gradient of the second softmax's input */
+    float *q;        /* (cg) mean of d_att times the normalised y */
+    float *sum_d;    /* (1) sum of d_att */
+} Grads;
+
+/* Scratch memory of one thread. */
+typedef struct {
+    float *d_att, *alpha, *slope, *d_windows, *d_pooled, *row;
+} Scratch;
+
+/* d_att = (sum_i grad_i * x_i) * att * (1 - att), the gradient of the map before its sigmoid; returns its sum. */
+static double map_grad(const float *restrict gg, const float *restrict xg, const float *restrict att,
+                       float *restrict d_att, int64_t cg, int64_t hw) {
+    double total = 0.0;
+    for (int64_t p = 0; p < hw; p++) d_att[p] = 0.0f;
+    for (int64_t i = 0; i < cg; i++)
+        for (int64_t p = 0; p < hw; p++) d_att[p] += gg[i * hw + p] * xg[i * hw + p];
+    for (int64_t p = 0; p < hw; p++) {
+        d_att[p] *= att[p] * (1.0f - att[p]);
+        total += d_att[p];
+    }
+    return total;
+}
+
+/* sum_p y_p * d_att_p for one channel, y = x * gate_h * gate_w (row: scratch memory for w values). */
+static double gated_dot(const float *xo, const float *gh, const float *gw, const float *restrict d_att,
+                        float *restrict row, int64_t h, int64_t w) {
+    double total = 0.0;
+    for (int64_t r = 0; r < h; r++) {
+        ema_gated_row(xo + r * w, gh[r], gw, row, w);
+        float part = 0.0f;
+        for (int64_t c = 0; c < w; c++) part += row[c] * d_att[r * w + c];
+        total += part;
+    }
+    return total;
+}
+
+/* One channel: dx = grad * att + dy * gate_h * gate_w with dy = alpha * (d_att - mean_d) + slope * (y - mean), the
+   GroupNorm's backward; the gradients of the gates (before their sigmoid) into dgh (h) and dgw (w). */
+static void direct_part(const float *restrict go, const float *xo, const float *restrict att,
+                        const float *restrict d_att, const float *gh, const float *gw, float alpha, float mean_d,
+                        float slope, float mean, float *restrict row, float *restrict dxo, float *restrict dgh,
+                        float *restrict dgw, int64_t h, int64_t w) {
+    for (int64_t c = 0; c < w; c++) dgw[c] = 0.0f;
+    for (int64_t r = 0; r < h; r++) {
+        const int64_t at = r * w;
+        const float g = gh[r];
+        float part = 0.0f;
+        ema_gated_row(xo + at, g, gw, row, w);
+        for (int64_t c = 0; c < w; c++) {
+            const float x = xo[at + c], dy = alpha * (d_att[at + c] - mean_d) + slope * (row[c] - mean);
+            dxo[at + c] = go[at + c] * att[at + c] + dy * (g * gw[c]);
+            part += dy * x * gw[c];
+            dgw[c] += dy * x * g;
+        }
+        dgh[r] = part;
+    }
+    for (int64_t r = 0; r < h; r++) dgh[r] *= gh[r] * (1.0f - gh[r]);
+    for (int64_t c = 0; c < w; c++) dgw[c] *= gw[c] * (1.0f - gw[c]);
+}
+
+/* One channel's zero-padded 3x3 conv with kernel k: dx += its transpose applied to d_att; d_kernel = sum d_att * x. */
+static void conv_part(const float *restrict xo, const float *restrict d_att, const float *k, float *restrict dxo,
+                      float *d_kernel, int64_t h, int64_t w) {
+    float dk[9] = {0};
+    for (int64_t r = 0; r < h; r++) {
+        const float *restrict da = d_att + r * w;
+        for (int di = 0; di < 3; di++) {
+            const int64_t rr = r + di - 1;
+            if (rr < 0 || rr >= h) continue;
+            const float *restrict xs = xo + rr * w;
+            float *restrict ds = dxo + rr * w;
+            const float k0 = k[di * 3], k1 = k[di * 3 + 1], k2 = k[di * 3 + 2];
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+            for (int64_t c = 0; c < w; c++) {
+                ds[c] += k1 * da[c];
+                a1 += da[c] * xs[c];
+            }
+            for (int64_t c = 1; c < w; c++) {
+                ds[c - 1] += k0 * da[c];
+                a0 += da[c] * xs[c - 1];
+            }
+            for (int64_t c = 0; c < w - 1; c++) {
+                ds[c + 1] += k2 * da[c];
+                a2 += da[c] * xs[c + 1];
+            }
+            dk[di * 3] += a0, dk[di * 3 + 1] += a1, dk[di * 3 + 2] += a2;
+        }
+    }
+    for (int t = 0; t < 9; t++) d_kernel[t] = dk[t];
+}
+
+/* One channel: dx += the gradient through its row means (dp, h), column means (dp + h, w) and window means (dw, 9,
+   already divided by h * w). */
+static void means_part(const float *dp, const float *dw, float *restrict dxo, int64_t h, int64_t w) {
+    const float *restrict cols = dp + h;
+    for (int64_t r = 0; r < h; r++) {
+        float u[3];
+        for (int dj = 0; dj < 3; dj++) {
+            u[dj] = 0.0f;
+            for (int di = 0; di < 3; di++)
+                if (tap_reads(di, r, h)) u[dj] += dw[di * 3 + dj];
+        }
+        const float row = dp[r] / (float)w + u[0] + u[1] + u[2];
+        float *restrict dr = dxo + r * w;
+        for (int64_t c = 0; c < w; c++) dr[c] += row + cols[c] / (float)h;
+        dr[0] -= u[2];     /* tap 2 never reads column 0 */
+        dr[w - 1] -= u[0]; /* tap 0 never reads the last column */
+    }
+}
+
+static void group_backward(const Layer *L, const float *gg, const float *xg, const Saved *sv, float *dxg,
+                           const Grads *gr, const Scratch *sc) {
+    const int64_t cg = L->cg, h = L->h, w = L->w, hw = h * w, hpw = h + w;
+    const double sum_d = map_grad(gg, xg, sv->att, sc->d_att, cg, hw);
+    const float mean_d = (float)(sum_d / (double)hw);
+    *gr->sum_d = (float)sum_d;
+    /* GroupNorm: q, then the softmax backward of d_s2 = gamma * hw * q + bias * sum_d. */
+    float weighted = 0.0f;
+    for (int64_t o = 0; o < cg; o++) {
+        const float *gh = sv->gates + o * hpw;
+        const double dot = gated_dot(xg + o * hw, gh, gh + h, sc->d_att, sc->row, h, w);
+        const float q = sv->rstd[o] * ((float)(dot / (double)hw) - sv->mean[o] * mean_d);
+        gr->q[o] = q;
+        gr->d_logits[o] = L->gamma[o] * (float)hw * q + L->bias[o] * (float)sum_d;
+        weighted += sv->s2[o] * gr->d_logits[o];
+    }
+    for (int64_t o = 0; o < cg; o++) {
+        gr->d_logits[o] = sv->s2[o] * (gr->d_logits[o] - weighted);
+        sc->alpha[o] = L->gamma[o] * sv->s2[o] * sv->rstd[o];
+        sc->slope[o] = -sc->alpha[o] * sv->rstd[o] * gr->q[o];
+    }
+    for (int64_t j = 0; j < cg * 9; j++) { /* d_logits @ w3, per pixel of the window means */
+        float sum = 0.0f;
+        for (int64_t o = 0; o < cg; o++) sum += gr->d_logits[o] * L->w3[o * cg * 9 + j];
+        sc->d_windows[j] = sum / (float)hw;
+    }
+    for (int64_t o = 0; o < cg; o++) {
+        const float *gh = sv->gates + o * hpw;
+        float *dgh = gr->d_gates + o * hpw;
+        direct_part(gg + o * hw, xg + o * hw, sv->att, sc->d_att, gh, gh + h, sc->alpha[o], mean_d, sc->slope[o],
+                    sv->mean[o], sc->row, dxg + o * hw, dgh, dgh + h, h, w);
+        conv_part(xg + o * hw, sc->d_att, L->kernel + o * 9, dxg + o * hw, gr->d_kernel + o * 9, h, w);
+    }
+    /* The 1x1 conv mixes channels: d_pooled = w1^T d_gates, then the means' part of every channel. */
+    for (int64_t i = 0; i < cg; i++) {
+        float *restrict dp = sc->d_pooled + i * hpw;
+        for (int64_t t = 0; t < hpw; t++) dp[t] = 0.0f;
+        for (int64_t o = 0; o < cg; o++) {
+            const float wt = L->w1[o * cg + i], *restrict dg = gr->d_gates + o * hpw;
+            for (int64_t t = 0; t < hpw; t++) dp[t] += wt * dg[t];
+        }
+        means_part(dp, sc->d_windows + i * 9, dxg + i * hw, h, w);
+    }
+}
+
+/* Returns 0, or -1 if memory for the scratch buffers is missing. Saved: as filled by ema_forward_f32. */
+int ema_backward_f32(const float *grad, const float *x, const float *w1, const float *b1, const float *w3,
+                     const float *b3, const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h,
+                     int64_t w, int threads, float *att, float *gates, float *pooled, float *windows, float *s2,
+                     float *mean, float *rstd, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
+                     float *sum_d) {
+    Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, 0.0f, NULL, NULL, NULL};
+    const int64_t hw = h * w, hpw = h + w;
+    int failed = 0;
+    if (layer_init(&L)) {
+        layer_free(&L);
+        return -1;
+    }
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        Scratch sc = {malloc(sizeof(float) * hw),      malloc(sizeof(float) * cg),       malloc(sizeof(float) * cg),
+                      malloc(sizeof(float) * cg * 9), malloc(sizeof(float) * cg * hpw), malloc(sizeof(float) * w)};
+        failed = !sc.d_att || !sc.alpha || !sc.slope || !sc.d_windows || !sc.d_pooled || !sc.row;
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < groups; n++) {
+            if (failed) continue;
+            const Saved sv = {att + n * hw,    gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
+                              s2 + n * cg,     mean + n * cg,        rstd + n * cg};
+            const Grads gr = {d_kernel + n * cg * 9, d_gates + n * cg * hpw, d_logits + n * cg, q + n * cg, sum_d + n};
+            group_backward(&L, grad + n * cg * hw, x + n * cg * hw, &sv, dx + n * cg * hw, &gr, &sc);
+        }
+        free(sc.d_att), free(sc.alpha), free(sc.slope), free(sc.d_windows), free(sc.d_pooled);
+        free(sc.row);
+    }
+    layer_free(&L);
+    return failed ? -1 : 0;
+}
