@@ -51,7 +51,7 @@ _state: dict = {}  # "library": the loaded kernels, or None once a build has fai
 
 
 def enabled() -> bool:
-    """Whether the native kernel may be used: ``ULTRALYTICS_EMA_NATIVE`` is not ``0``/``false``/``off``."""
+    """Whether the native kernels may be used: ``ULTRALYTICS_EMA_NATIVE`` is not ``0``/``false``/``off``/``no``."""
     return os.environ.get("ULTRALYTICS_EMA_NATIVE", "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
@@ -170,8 +170,8 @@ def _intercepted() -> bool:
 
 
 def applies(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> bool:
-    """Whether the native kernel computes this call (the layer checked autograd): float32 CPU tensors, enabled, not
-    traced, compiled or watched by a dispatch mode, and the kernel builds."""
+    """Whether the native kernels compute this call: float32 CPU tensors, switched on, not traced, compiled or
+    watched by a dispatch mode, and the kernels build (the caller picks the forward-only or the training path)."""
     return (
         type(x) is torch.Tensor
         and x.device.type == "cpu"
@@ -208,7 +208,7 @@ def ema_forward_native(
     eps: float,
     keep: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """EMA attention of ``x`` ``(b, c, h, w)`` by the native kernel (call only where :func:`applies`).
+    """EMA attention of ``x`` ``(b, c, h, w)`` by the native forward kernel (call only where :func:`applies`).
 
     Returns ``(output, saved)``: if ``keep``, ``saved`` is what :func:`ema_backward_native` reads (the contiguous
     input, the sigmoid of the attention map, the gates, the row and column means, the window means, the second
