@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,6 +213,31 @@ def fake_compiler(folder: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
+
+
+@needs_kernel
+def test_processes_building_at_once(tmp_path: Path):
+    # Each process compiles into its own temporary files and renames the result into place: all load a whole file.
+    env = {**os.environ, "ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all(result(out)[0] == "True" and float(result(out)[1]) <= 1e-5 for out in outs)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one library, no temporary files left
+
+
+@needs_kernel
+def test_unusable_cache_folder(tmp_path: Path):
+    (tmp_path / "file").write_text("")
+    out = assert_ok(python(SCRIPT, env={"ULTRALYTICS_EMA_CACHE": str(tmp_path / "file" / "cache")}))
+    assert result(out)[0] == "False" and float(result(out)[1]) <= 1e-5
+    (warning,) = [line for line in out.splitlines() if "native CPU kernels unavailable" in line]
+    assert str(tmp_path / "file") in warning
 
 
 @pytest.mark.parametrize("compiler", ["missing", "fails", "writes half a file"])
