@@ -146,7 +146,7 @@ static void group_backward(const Layer *L, const float *gg, const float *xg, con
         sc->alpha[o] = L->gamma[o] * sv->s2[o] * sv->rstd[o];
         sc->slope[o] = -sc->alpha[o] * sv->rstd[o] * gr->q[o];
     }
-    for (int64_t j = 0; j < cg * 9; j++) { /* d_logits @ w3, per pixel of the window means */
+    for (int64_t j = 0; j < cg * 9; j++) { /* d_logits @ w3 / (h * w): each window pixel's share of its mean's grad */
         float sum = 0.0f;
         for (int64_t o = 0; o < cg; o++) sum += gr->d_logits[o] * L->w3[o * cg * 9 + j];
         sc->d_windows[j] = sum / (float)hw;
