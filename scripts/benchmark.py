@@ -197,10 +197,8 @@ def gflops(model: torch.nn.Module, imgsz: int) -> float:
     """GFLOPs of one forward pass at batch 1 (torch's FLOP counter: 2 per multiply-add of convs and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with (
-        torch.no_grad(),
-        FlopCounterMode(display=False) as counter,
-    ):  # the EMA layers run as torch ops under a dispatch mode
+    # Under a dispatch mode such as this counter, the EMA layers run as torch ops (their FLOPs are counted).
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, imgsz, imgsz))
     return counter.get_total_flops() / 1e9
 

@@ -179,10 +179,7 @@ int ema_backward_f32(const float *grad, const float *x, const float *w1, const f
     Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, 0.0f, NULL, NULL, NULL};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
-    if (layer_init(&L)) {
-        layer_free(&L);
-        return -1;
-    }
+    if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Scratch sc = {malloc(sizeof(float) * hw),      malloc(sizeof(float) * cg),       malloc(sizeof(float) * cg),

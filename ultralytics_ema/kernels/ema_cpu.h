@@ -51,12 +51,18 @@ static inline void softmax(float *v, int64_t n) {
    sees a single value (a 1x1 map), as in PyTorch. */
 void ema_gated_row(const float *x, float g, const float *gw, float *y, int64_t w);
 
-/* Fill s1, kernel and bias (allocated here); return -1 if memory is missing. */
+static inline void layer_free(Layer *L) { free(L->s1), free(L->kernel), free(L->bias); }
+
+/* Fill s1, kernel and bias (allocated here, freed by layer_free); return -1, with nothing left allocated, if memory
+   is missing. */
 static inline int layer_init(Layer *L) {
     const int64_t cg = L->cg;
     L->s1 = malloc(sizeof(float) * cg), L->bias = malloc(sizeof(float) * cg);
     L->kernel = malloc(sizeof(float) * cg * 9);
-    if (!L->s1 || !L->kernel || !L->bias) return -1;
+    if (!L->s1 || !L->kernel || !L->bias) {
+        layer_free(L);
+        return -1;
+    }
     float conv_bias = 0.0f;
     for (int64_t o = 0; o < cg; o++) L->s1[o] = L->beta[o];
     softmax(L->s1, cg);
@@ -69,8 +75,6 @@ static inline int layer_init(Layer *L) {
     }
     return 0;
 }
-
-static inline void layer_free(Layer *L) { free(L->s1), free(L->kernel), free(L->bias); }
 
 /* Whether tap t (0, 1, 2) of a zero-padded 3-tap conv along an axis of length n reads entry i of the input:
    tap 0 reads the input shifted by -1 (never its last entry), tap 2 never reads its first one. */

@@ -137,10 +137,7 @@ int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1
     const Saved keep = {att, gates, pooled, windows, s2, mean, rstd};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
-    if (layer_init(&L)) {
-        layer_free(&L);
-        return -1;
-    }
+    if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Saved scratch = {0};
