@@ -8,9 +8,10 @@
     process; the tables give medians.
 (b) Model level: YOLO11n against YOLO11n-EMA (EMA on the three neck outputs, factor 32, built from the plugin's
     ``yolo11n-ema.yaml``): parameters, GFLOPs (torch's FLOP counter, fused model, imgsz 640), PyTorch latency (imgsz
-    640, batch 1, fused, eval, no_grad), ONNX Runtime latency (both exported with ``torch.onnx.export`` to a temporary
-    folder) and the time of one training step (forward, loss, backward; batch 8 at imgsz 640). The models take turns;
-    PyTorch rows are repeated with the native kernels switched off.
+    640, batch 1, fused, eval, no_grad), ONNX Runtime latency (exported by Ultralytics' exporter as ``yolo export
+    format=onnx`` does, run with ONNX Runtime's default session options as Ultralytics' ONNX backend does, five timed
+    runs per turn) and the time of one training step (forward, loss, backward; batch 8 at imgsz 640). The models take
+    turns; PyTorch rows are repeated with the native kernels switched off.
 
 Rows with a speed target say whether the measured ratio meets it. Timings on a shared or
 throttled machine are noisy: compare runs taken on the same machine, and prefer several runs to one.
@@ -84,8 +85,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def take_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Run each function ``warmup`` times, then ``repeats`` times in turn (order alternating); seconds per call."""
+def take_turns(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, block: int = 1
+) -> dict[str, list[float]]:
+    """Run each function ``warmup`` times, then take ``repeats`` turns (order alternating); seconds per call.
+
+    With ``block > 1`` a turn is one untimed call, then ``block`` timed calls of the same function: for runtimes whose
+    idle worker threads keep spinning for a while after a call (ONNX Runtime's default), which would slow down the
+    first call of the next function.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -93,9 +101,12 @@ def take_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int =
     order = list(fns)
     for i in range(repeats):
         for name in order if i % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
+            if block > 1:
+                fns[name]()
+            for _ in range(block):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -220,26 +231,21 @@ def with_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export_onnx(model: torch.nn.Module, path: Path, imgsz: int) -> Path:
-    """Export a fused detection model to ONNX (batch 1, static shape, opset 17) as Ultralytics' exporter does."""
-    detect = model.model[-1]
-    detect.export, detect.format = True, "onnx"
-    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (torch.zeros(1, 3, imgsz, imgsz),),
-                str(path),
-                opset_version=17,
-                input_names=["images"],
-                output_names=["output0"],
-                **kwargs,
-            )
-    finally:
-        detect.export, detect.format = False, None
-    return path
+def export_onnx(model: torch.nn.Module, folder: Path, name: str, imgsz: int) -> Path:
+    """Export a detection model to ``folder/name.onnx`` with Ultralytics' exporter, as ``yolo export format=onnx`` does
+    (batch 1, static shape, its default opset; simplified with onnxslim where that is installed)."""
+    import copy
+    import importlib.util
+
+    from ultralytics.engine.exporter import Exporter
+
+    model = copy.deepcopy(model)
+    model.pt_path = str(folder / f"{name}.pt")  # the exporter names its output after this path
+    simplify = importlib.util.find_spec("onnxslim") is not None
+    args = {"format": "onnx", "imgsz": imgsz, "batch": 1, "simplify": simplify, "device": "cpu", "verbose": False}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        return Path(Exporter(overrides=args)(model=model))
 
 
 def medians_ms(times: dict[str, list[float]]) -> dict[str, float]:
@@ -328,16 +334,12 @@ def model_rows(quick: bool) -> list[str]:
         rows.append("| ONNX Runtime latency | onnxruntime is not installed | | | | | |")
         return rows
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        # Idle thread pools must not spin while the other model's session runs: the sessions take turns.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        sessions = {}
-        for k, m in models.items():
-            path = export_onnx(m, Path(tmp) / f"{k}.onnx", imgsz)
-            sessions[k] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # ONNX Runtime's default session options, as Ultralytics' ONNX backend uses them.
+        paths = {k: export_onnx(m, Path(tmp), f"model{i}", imgsz) for i, (k, m) in enumerate(models.items())}
+        sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()}
         feed = {"images": x.numpy()}
-        times = take_turns({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, infer_repeats, 3)
+        fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
+        times = take_turns(fns, infer_repeats // 2, 3, block=5)
     add(
         f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)",
         medians_ms(times),

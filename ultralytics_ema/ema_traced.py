@@ -4,13 +4,15 @@ See :mod:`ultralytics_ema.ema` for the layer and the paper. :func:`ema_forward_t
 :func:`ultralytics_ema.ema_function.ema_forward` (and the reference) with the same shortcuts, but in the ops that
 graph runtimes run best rather than those that suit PyTorch's eager CPU kernels. Measured in ONNX Runtime on CPU:
 
-- the row means and the windows along rows come from a 2-D ``MatMul``: a broadcast ``MatMul`` of a constant with a
-  4-D tensor, the eager path's choice for the columns, is several times slower there;
-- the gates' outer product is a batched ``MatMul`` of two vectors, not two broadcast ``Mul`` nodes;
-- the GroupNorm (one channel per group) runs without its affine part, one ``InstanceNormalization`` between two
-  reshapes; its scale and bias are folded into the small s2 weights. With them, ``F.group_norm`` would add a
-  full-size ``Mul`` and ``Add``;
-- the group sum of the depthwise conv is a ``ReduceSum``.
+- the windows along rows (column 1: the row means) come from one 2-D ``MatMul``; the gates of the rows are computed
+  for all three columns, and the gates' outer product takes column 1 with a 0/1 vector, so no strided ``Gather``
+  copies the row means out;
+- the 3x3 window means never exist: the taps along columns are folded into the conv weights (a constant of the
+  weights and the image height), so one ``Gemm`` gives the s2 logits from the windows along rows;
+- the GroupNorm (one channel per group) is one ``InstanceNormalization`` whose scale and bias are the per-sample
+  ``s2 * gamma`` and ``s2 * beta`` (plus the s1-weighted conv bias): the s2-weighted channel sum is then a
+  ``ReduceSum``. ONNX Runtime's ``InstanceNormalization`` runs in one thread, so it does as little else as possible;
+- the s1-weighted 3x3 conv is a depthwise ``Conv`` and a ``ReduceSum`` over each group's channels.
 
 It has no in-place or ``out=`` ops and no cached constants: the tap matrices are built from the input's shape, so
 the graph keeps dynamic batch and image sizes. Autograd differentiates it like any traced graph.
@@ -51,22 +53,25 @@ def ema_forward_traced(
     cg = gamma.shape[0]
     bg = b * groups
     gx = x.reshape(bg, cg, h, w)
-    w3 = w3.reshape(cg, cg * 9)
-    tap_h, tap_w = _taps(h, x.dtype, x.device), _taps(w, x.dtype, x.device)
+    w1, b1 = w1.reshape(cg, cg), b1.reshape(cg, 1)
 
-    # Window means along rows (column 1: row means), column means, then the 3x3 window means.
-    rows = torch.matmul(gx.reshape(-1, w), tap_w.t()).reshape(bg, cg, h, 3)
-    pooled = torch.cat([rows[..., 1], gx.mean(2)], 2)
-    gates = torch.sigmoid(torch.matmul(w1.reshape(cg, cg), pooled) + b1.reshape(cg, 1))
-    windows = torch.matmul(tap_h, rows).reshape(bg, cg * 9)
-    s2 = torch.softmax(torch.addmm(b3, windows, w3.t()), 1)
+    # Window means along rows, (row, tap) flattened; gates of all three taps of each row, and of the column means.
+    rows = torch.matmul(gx.reshape(-1, w), _taps(w, x.dtype, x.device).t()).reshape(bg, cg, h * 3)
+    gate_h = torch.sigmoid(torch.matmul(w1, rows) + b1).reshape(bg, cg, h, 3)
+    gate_w = torch.sigmoid(torch.matmul(w1, gx.mean(2)) + b1).unsqueeze(2)
+    middle = torch.eye(3, dtype=x.dtype, device=x.device)[:, 1:2]  # (3, 1): picks tap 1, the row mean
+    y = gx * torch.matmul(gate_h, middle * gate_w)
+
+    # s2 logits: the conv weights with the taps along columns folded in, applied to the windows along rows.
+    w3_rows = torch.matmul(w3.transpose(2, 3), _taps(h, x.dtype, x.device)).transpose(2, 3).reshape(cg, -1)
+    s2 = torch.softmax(torch.addmm(b3, rows.reshape(bg, -1), w3_rows.t()), 1)
     s1 = beta.softmax(0)
 
     # s1-weighted 3x3 conv (depthwise, then a group sum) plus the s2-weighted GroupNorm of the gated input.
-    kernel = (s1 @ w3).reshape(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
+    kernel = (s1 @ w3.reshape(cg, -1)).reshape(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
     att = F.conv2d(x, kernel, padding=1, groups=c).reshape(bg, cg, h * w).sum(1, keepdim=True)
-    y = gx * torch.matmul(gates[..., :h, None], gates[..., None, h:])
-    norm = torch.group_norm(y, cg, None, None, eps).reshape(bg, cg, h * w)  # no affine part: folded into s2 below
-    const = (s2 * (beta + s1 @ b3)).sum(1).reshape(bg, 1, 1)
-    att = att + torch.matmul((s2 * gamma).unsqueeze(1), norm) + const
+    scale, shift = (s2 * gamma).reshape(-1), (s2 * (beta + s1 @ b3)).reshape(-1)
+    # torch.instance_norm, not F.instance_norm: the latter rejects a 1x1 map, whose result (the shift) is well defined.
+    norm = torch.instance_norm(y.reshape(1, -1, h, w), scale, shift, None, None, True, 0.0, eps, False)
+    att = att + norm.reshape(bg, cg, h * w).sum(1, keepdim=True)
     return (gx * torch.sigmoid(att).reshape(bg, 1, h, w)).reshape(b, c, h, w)

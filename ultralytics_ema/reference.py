@@ -34,6 +34,10 @@ class ReferenceEMA(EMA):
         self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
         self.pool_w = nn.AdaptiveAvgPool2d((1, None))
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle (or deep-copy) with the pooling and softmax modules, which :class:`EMA` drops."""
+        nn.Module.__setstate__(self, state)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the attention step by step."""
         b, c, h, w = x.shape
