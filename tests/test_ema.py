@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -322,7 +323,8 @@ def test_onnx_dynamic_shapes(tmp_path):
     path = tmp_path / "ema.onnx"
     kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
     axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         torch.onnx.export(
             fast,
             (torch.randn(2, 64, 16, 16),),
@@ -333,8 +335,11 @@ def test_onnx_dynamic_shapes(tmp_path):
             opset_version=17,
             **kwargs,
         )
+    # No warning from the layer's own ops (torch's notices about the exporter itself are DeprecationWarnings).
+    assert not [w for w in caught if not issubclass(w.category, DeprecationWarning)], [str(w.message) for w in caught]
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert not ops & {"GlobalAveragePool", "AveragePool", "If", "Loop"}, ops
+    assert "InstanceNormalization" in ops, ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(1, 64, 20, 12), (3, 64, 7, 9), (2, 64, 1, 1), (1, 64, 1, 5)]:  # none is the export shape
         x = torch.randn(shape)

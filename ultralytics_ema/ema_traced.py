@@ -28,6 +28,24 @@ from ultralytics_ema.ema_function import _taps
 __all__ = ["ema_forward_traced"]
 
 
+class _InstanceNormONNX(torch.autograd.Function):
+    """``torch.instance_norm`` with per-channel scale and bias, recorded as one ONNX ``InstanceNormalization``.
+
+    ONNX export of ``torch.instance_norm`` gives the same node, but warns that an op "set to train=True" is exported
+    in eval mode (instance norm always uses the input's statistics, so nothing is wrong); this records it directly.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+        """Normalise each channel of ``x`` over its spatial positions, then scale and shift it."""
+        return torch.instance_norm(x, scale, shift, None, None, True, 0.0, eps, False)
+
+    @staticmethod
+    def symbolic(g, x, scale, shift, eps: float):
+        """The ONNX node (torch.onnx's hook for autograd Functions)."""
+        return g.op("InstanceNormalization", x, scale, shift, epsilon_f=eps)
+
+
 def ema_forward_traced(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -71,7 +89,9 @@ def ema_forward_traced(
     kernel = (s1 @ w3.reshape(cg, -1)).reshape(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
     att = F.conv2d(x, kernel, padding=1, groups=c).reshape(bg, cg, h * w).sum(1, keepdim=True)
     scale, shift = (s2 * gamma).reshape(-1), (s2 * (beta + s1 @ b3)).reshape(-1)
-    # torch.instance_norm, not F.instance_norm: the latter rejects a 1x1 map, whose result (the shift) is well defined.
-    norm = torch.instance_norm(y.reshape(1, -1, h, w), scale, shift, None, None, True, 0.0, eps, False)
+    if torch.onnx.is_in_onnx_export():
+        norm = _InstanceNormONNX.apply(y.reshape(1, -1, h, w), scale, shift, eps)
+    else:  # torch.instance_norm, not F.instance_norm: the latter rejects a 1x1 map (whose result, the shift, is fine)
+        norm = torch.instance_norm(y.reshape(1, -1, h, w), scale, shift, None, None, True, 0.0, eps, False)
     att = att + norm.reshape(bg, cg, h * w).sum(1, keepdim=True)
     return (gx * torch.sigmoid(att).reshape(bg, 1, h, w)).reshape(b, c, h, w)
