@@ -234,13 +234,11 @@ def with_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
 def export_onnx(model: torch.nn.Module, folder: Path, name: str, imgsz: int) -> Path:
     """Export a detection model to ``folder/name.onnx`` with Ultralytics' exporter, as ``yolo export format=onnx`` does
     (batch 1, static shape, its default opset; simplified with onnxslim where that is installed)."""
-    import copy
     import importlib.util
 
     from ultralytics.engine.exporter import Exporter
 
-    model = copy.deepcopy(model)
-    model.pt_path = str(folder / f"{name}.pt")  # the exporter names its output after this path
+    model.pt_path = str(folder / f"{name}.pt")  # the exporter (which exports a copy) names its output after this path
     simplify = importlib.util.find_spec("onnxslim") is not None
     args = {"format": "onnx", "imgsz": imgsz, "batch": 1, "simplify": simplify, "device": "cpu", "verbose": False}
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
