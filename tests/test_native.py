@@ -7,6 +7,7 @@ are the inputs and conditions specific to the kernels. Build tests run in fresh 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -49,6 +50,17 @@ print("RESULT", native.library() is not None, diff, (torch.tensor([1e-40]) * 1).
 """
 
 
+@contextlib.contextmanager
+def num_threads(threads: int):
+    """Run the block with ``threads`` torch threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def spy(monkeypatch, name: str = "ema_forward_native") -> list:
     """Record the calls of a native kernel's wrapper (callers look it up on the module at each call)."""
     calls = []
@@ -79,13 +91,8 @@ def test_matches_reference(shape: tuple, factor: int, threads: int, monkeypatch)
     calls = spy(monkeypatch)
     fast, ref = make_pair(shape[1], factor, "random")
     x = torch.randn(shape) * 3 + 1
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            got, want = fast(x), ref(x)
-    finally:
-        torch.set_num_threads(previous)
+    with num_threads(threads), torch.no_grad():
+        got, want = fast(x), ref(x)
     assert calls == [x.shape]
     assert got.shape == x.shape and got.is_contiguous()
     assert max_abs_diff(got, want) <= 1e-5
@@ -97,14 +104,9 @@ def test_same_result_for_any_thread_count_and_layout():
     fast, _ = make_pair(64, 32, "random")
     x = torch.randn(2, 64, 12, 10)
     outs = []
-    previous = torch.get_num_threads()
     for threads, layout in [(1, torch.contiguous_format), (2, torch.contiguous_format), (2, torch.channels_last)]:
-        torch.set_num_threads(threads)
-        try:
-            with torch.no_grad():
-                outs.append(fast(x.contiguous(memory_format=layout)))
-        finally:
-            torch.set_num_threads(previous)
+        with num_threads(threads), torch.no_grad():
+            outs.append(fast(x.contiguous(memory_format=layout)))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
@@ -158,12 +160,8 @@ def test_gradients_match_reference(shape: tuple, factor: int, threads: int, monk
     forward, backward = spy(monkeypatch), spy(monkeypatch, "ema_backward_native")
     fast, ref = make_pair(shape[1], factor, "random")
     x, grad_out = torch.randn(shape), torch.randn(shape)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = run_with_grads(fast, x, grad_out)
-    finally:
-        torch.set_num_threads(previous)
     assert len(forward) == 1 and len(backward) == 1
     want = run_with_grads(ref.double(), x.double(), grad_out.double())  # float64: the reference's own rounding aside
     for name, value in want.items():
@@ -176,13 +174,9 @@ def test_gradients_same_for_any_thread_count():
     fast, _ = make_pair(64, 32, "random")
     x, grad_out = torch.randn(2, 64, 12, 10), torch.randn(2, 64, 12, 10)
     runs = []
-    previous = torch.get_num_threads()
     for threads in (1, 2):
-        torch.set_num_threads(threads)
-        try:
+        with num_threads(threads):
             runs.append(run_with_grads(fast, x, grad_out))
-        finally:
-            torch.set_num_threads(previous)
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
