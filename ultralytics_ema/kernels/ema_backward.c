@@ -177,7 +177,6 @@ int ema_backward_f32(const float *grad, const float *x, const float *w1, const f
                      float *mean, float *rstd, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
                      float *sum_d) {
     Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, 0.0f, NULL, NULL, NULL};
-    const Saved saved = {att, gates, pooled, windows, s2, mean, rstd};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
     if (layer_init(&L)) return -1;
@@ -189,7 +188,8 @@ int ema_backward_f32(const float *grad, const float *x, const float *w1, const f
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < groups; n++) {
             if (failed) continue;
-            const Saved sv = saved_slice(&saved, n, cg, h, w);
+            const Saved sv = {att + n * hw,    gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
+                              s2 + n * cg,     mean + n * cg,        rstd + n * cg};
             const Grads gr = {d_kernel + n * cg * 9, d_gates + n * cg * hpw, d_logits + n * cg, q + n * cg, sum_d + n};
             group_backward(&L, grad + n * cg * hw, x + n * cg * hw, &sv, dx + n * cg * hw, &gr, &sc);
         }

@@ -35,14 +35,6 @@ typedef struct {
     float *rstd;
 } Saved;
 
-/* Group n's slices of the (groups, ...) arrays in all. */
-static inline Saved saved_slice(const Saved *all, int64_t n, int64_t cg, int64_t h, int64_t w) {
-    const Saved s = {all->att + n * h * w,   all->gates + n * cg * (h + w), all->pooled + n * cg * (h + w),
-                     all->windows + n * cg * 9, all->s2 + n * cg,          all->mean + n * cg,
-                     all->rstd + n * cg};
-    return s;
-}
-
 static inline void sigmoid_inplace(float *restrict v, int64_t n) {
     for (int64_t i = 0; i < n; i++) v[i] = 1.0f / (1.0f + expf(-v[i]));
 }

@@ -120,6 +120,14 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
     }
 }
 
+/* Slices of group n of the kept results (all pointers NULL: none kept). */
+static Saved slice(const Saved *all, int64_t n, int64_t cg, int64_t h, int64_t w) {
+    const Saved s = {all->att + n * h * w,   all->gates + n * cg * (h + w), all->pooled + n * cg * (h + w),
+                     all->windows + n * cg * 9, all->s2 + n * cg,          all->mean + n * cg,
+                     all->rstd + n * cg};
+    return s;
+}
+
 /* Returns 0, or -1 if memory for the scratch buffers is missing. keep: the Saved arrays to fill, or all NULL. */
 int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1, const float *w3, const float *b3,
                     const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h, int64_t w,
@@ -146,7 +154,7 @@ int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < groups; n++) {
             if (failed) continue;
-            const Saved sv = keep.att ? saved_slice(&keep, n, cg, h, w) : scratch;
+            const Saved sv = keep.att ? slice(&keep, n, cg, h, w) : scratch;
             group_forward(&L, x + n * cg * hw, out + n * cg * hw, &sv, y, zeros);
         }
         free(y), free(zeros), free(scratch.att), free(scratch.gates), free(scratch.pooled), free(scratch.windows);
