@@ -70,8 +70,9 @@ MODULE_COLUMNS = [
     "speed-up",
 ]
 MODEL_COLUMNS = ["metric", "YOLO11n", "YOLO11n-EMA", "ratio", "target", "YOLO11n-EMA, reference layers", "ratio"]
-# Ratio targets (YOLO11n-EMA / YOLO11n).
-MODEL_TARGETS = {"PyTorch latency": 1.03, "ONNX Runtime latency": 1.03, "training step": 1.05}
+# Ratio targets (YOLO11n-EMA / YOLO11n) of the PyTorch model. The ONNX Runtime row runs the exported graph instead of
+# the layer's native kernels and is reported without a target.
+MODEL_TARGETS = {"PyTorch latency": 1.03, "training step": 1.05}
 
 
 def cpu_model() -> str:
@@ -342,7 +343,7 @@ def model_rows(quick: bool) -> list[str]:
         f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)",
         medians_ms(times),
         ".2f",
-        "ONNX Runtime latency",
+        "(no target)",
     )
     return rows
 

@@ -214,3 +214,7 @@ def test_benchmark_quick_tables():
     for metric in ("parameters", "training step", "GFLOPs", "PyTorch latency", "ONNX Runtime"):
         assert any(line.startswith(f"| {metric}") for line in out.splitlines()), metric
     assert "| PyTorch latency, EMA layers in PyTorch ops |" in out and "Total time:" in out
+    targets = {c[0].strip(): c[4].strip() for c in (line.split("|")[1:-1] for line in out.splitlines()) if len(c) == 7}
+    assert targets["PyTorch latency, batch 1, imgsz 640 (ms)"].startswith("≤1.03: ")
+    assert targets["training step, batch 2, imgsz 320 (ms)"].startswith("≤1.05: ")
+    assert [t for k, t in targets.items() if k.startswith("ONNX Runtime")] == [""]  # reported without a target
