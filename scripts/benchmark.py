@@ -263,12 +263,28 @@ def model_rows(quick: bool) -> list[str]:
     names = list(models)
     rows = []
 
-    def add(metric: str, values: dict[str, float], fmt: str, target_key: str | None = None) -> None:
+    def add(metric: str, values: dict[str, float], fmt: str, target: float | None = None) -> None:
         base, fast, ref = (values[k] for k in names)
-        target = verdict(fast / base, MODEL_TARGETS.get(target_key or metric), higher_is_better=False)
-        cells = [f"{base:{fmt}}", f"{fast:{fmt}}", f"{fast / base:.4f}", target, f"{ref:{fmt}}", f"{ref / base:.4f}"]
+        judged = verdict(fast / base, target, higher_is_better=False)
+        cells = [f"{base:{fmt}}", f"{fast:{fmt}}", f"{fast / base:.4f}", judged, f"{ref:{fmt}}", f"{ref / base:.4f}"]
         rows.append(f"| {metric} | {' | '.join(cells)} |")
         print(rows[-1], flush=True)
+
+    def add_timed(
+        metric: str,
+        ops_metric: str,
+        call: Callable[..., Callable[[], object]],
+        repeats: int,
+        warmup: int,
+        fmt: str,
+        target: float,
+    ) -> None:
+        """Time ``call(model)`` of each model, and of YOLO11n-EMA with its native kernels off; add both rows."""
+        fns = {k: call(m) for k, m in models.items()}
+        fns["ops"] = call(models["YOLO11n-EMA"], use_native=False)
+        times = medians_ms(take_turns(fns, repeats, warmup=warmup))
+        add(metric, times, fmt, target)
+        add(ops_metric, {**times, "YOLO11n-EMA": times["ops"]}, fmt)
 
     add("parameters", {k: float(sum(p.numel() for p in m.parameters())) for k, m in models.items()}, ",.0f")
 
@@ -294,12 +310,9 @@ def model_rows(quick: bool) -> list[str]:
     for model in models.values():
         model.args = get_cfg()
         model.train()
-    fns = {k: train_step(m) for k, m in models.items()}
-    fns["ops"] = train_step(models["YOLO11n-EMA"], use_native=False)
-    times = medians_ms(take_turns(fns, train_repeats, warmup=1))
     metric = f"training step, batch {train_batch}, imgsz {train_imgsz} (ms)"
-    add(metric, times, ".1f", "training step")
-    add(f"{metric}, EMA layers in PyTorch ops", {**times, "YOLO11n-EMA": times["ops"]}, ".1f", "(no target)")
+    target = MODEL_TARGETS["training step"]
+    add_timed(metric, f"{metric}, EMA layers in PyTorch ops", train_step, train_repeats, 1, ".1f", target)
 
     for model in models.values():
         model.zero_grad(set_to_none=True)
@@ -316,16 +329,9 @@ def model_rows(quick: bool) -> list[str]:
 
         return fn
 
-    fns = {k: infer(m) for k, m in models.items()}
-    fns["ops"] = infer(models["YOLO11n-EMA"], use_native=False)
-    times = medians_ms(take_turns(fns, infer_repeats, warmup=3))
-    add(f"PyTorch latency, batch 1, imgsz {imgsz} (ms)", times, ".2f", "PyTorch latency")
-    add(
-        "PyTorch latency, EMA layers in PyTorch ops",
-        {**times, "YOLO11n-EMA": times["ops"]},
-        ".2f",
-        "(no target)",
-    )
+    metric = f"PyTorch latency, batch 1, imgsz {imgsz} (ms)"
+    target = MODEL_TARGETS["PyTorch latency"]
+    add_timed(metric, "PyTorch latency, EMA layers in PyTorch ops", infer, infer_repeats, 3, ".2f", target)
 
     try:
         import onnxruntime as ort
@@ -339,12 +345,7 @@ def model_rows(quick: bool) -> list[str]:
         feed = {"images": x.numpy()}
         fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
         times = take_turns(fns, infer_repeats // 2, 3, block=5)
-    add(
-        f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)",
-        medians_ms(times),
-        ".2f",
-        "(no target)",
-    )
+    add(f"ONNX Runtime {ort.__version__} latency, batch 1, imgsz {imgsz} (ms)", medians_ms(times), ".2f")
     return rows
 
 
