@@ -43,9 +43,9 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 import torch
 
 import ultralytics_ema
-from ultralytics_ema import native
-from ultralytics_ema.ema import EMA
-from ultralytics_ema.reference import ReferenceEMA
+from ultralytics_ema.nn import native
+from ultralytics_ema.nn.ema import EMA
+from ultralytics_ema.nn.reference import ReferenceEMA
 
 # Feature maps (channels, height, width) of the EMA layers of YOLO11n and YOLO11s-EMA at imgsz 640 (P3, P4, P5).
 SHAPES = {"n": [(64, 80, 80), (128, 40, 40), (256, 20, 20)], "s": [(128, 80, 80), (256, 40, 40), (512, 20, 20)]}

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ultralytics_ema.recipes import add_data_arguments, resolve_arguments
+from ultralytics_ema.data.recipes import add_data_arguments, resolve_arguments
 
 DEFAULT_MODELS = ["yolo11n.yaml", "yolo11n-ema.yaml", "yolo11n-ema-backbone.yaml"]
 

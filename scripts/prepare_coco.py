@@ -2,7 +2,7 @@
 """Convert the official COCO 2017 download to the Ultralytics YOLO layout, with a ready data YAML.
 
 Run from the repository root after ``pip install -e .``; ``--help`` documents every option. The work is done by
-:func:`ultralytics_ema.datasets.prepare_coco`, which uses Ultralytics' ``convert_coco`` for the labels.
+:func:`ultralytics_ema.data.prepare_coco`, which uses Ultralytics' ``convert_coco`` for the labels.
 
 Examples:
     python scripts/prepare_coco.py --source downloads/coco --out datasets/coco
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ultralytics_ema.datasets import DatasetSourceError, prepare_coco
+from ultralytics_ema.data import DatasetSourceError, prepare_coco
 
 DESCRIPTION = """\
 Convert the official COCO 2017 layout to the Ultralytics YOLO layout.

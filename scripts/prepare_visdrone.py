@@ -2,7 +2,7 @@
 """Convert the official VisDrone2019-DET download to the Ultralytics YOLO layout, with a ready data YAML.
 
 Run from the repository root after ``pip install -e .``; ``--help`` documents every option and rule. The work is done
-by :func:`ultralytics_ema.datasets.prepare_visdrone`.
+by :func:`ultralytics_ema.data.prepare_visdrone`.
 
 Examples:
     python scripts/prepare_visdrone.py --source downloads/VisDrone --out datasets/VisDrone
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ultralytics_ema.datasets import DatasetSourceError, prepare_visdrone
+from ultralytics_ema.data import DatasetSourceError, prepare_visdrone
 
 DESCRIPTION = """\
 Convert the official VisDrone2019-DET split folders to the Ultralytics YOLO layout.

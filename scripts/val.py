@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ultralytics_ema.recipes import add_data_arguments, resolve_arguments
+from ultralytics_ema.data.recipes import add_data_arguments, resolve_arguments
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def result(out: str) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The one shared dataset: the demo generator at 64 px, 32 train / 8 val images. Returns its data YAML."""
-    from ultralytics_ema.demo import make_demo_dataset
+    from ultralytics_ema.data.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("data") / "tiny", n_train=32, n_val=8, imgsz=64)
 
@@ -89,5 +89,5 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
             cwd=project,
         )
     )
-    assert "ultralytics_ema.ema.EMA" in out  # the model table lists the EMA layers
+    assert "ultralytics_ema.nn.ema.EMA" in out  # the model table lists the EMA layers
     return project / "train"

@@ -86,8 +86,29 @@ def test_unsupported_version_at_import_warns_once_and_leaves_ultralytics_working
 
 def test_import_is_idempotent():
     code = (
-        "import sys, importlib, ultralytics_ema, ultralytics_ema.autoload as a\n"
+        "import sys, importlib, ultralytics_ema, ultralytics_ema.plugin.autoload as a\n"
         "a.install(); a.install(); importlib.reload(ultralytics_ema)\n"
         "print('RESULT', sum(getattr(f, 'ultralytics_ema_hook', False) for f in sys.meta_path))"
     )
     assert result(assert_ok(python(code)))[-1] == "1"
+
+
+def test_checkpoints_of_the_flat_layout_load(tmp_path: Path):
+    """Checkpoints pickled before the nn/ folder name ``ultralytics_ema.ema.EMA``: they load, also with safe loading."""
+    ckpt = tmp_path / "flat.pt"
+    code = (
+        "import torch\n"
+        "from ultralytics_ema.nn.ema import EMA\n"
+        "EMA.__module__ = 'ultralytics_ema.ema'  # pickled under the old path, as releases before nn/ did\n"
+        f"torch.save({{'layer': EMA(64, 8)}}, {str(ckpt)!r})\n"
+    )
+    assert_ok(python(code))
+    assert b"ultralytics_ema.nn.ema" not in ckpt.read_bytes()
+    load = (
+        "import torch, ultralytics.nn.tasks  # as Ultralytics' loaders do: registers EMA's safe-load paths\n"
+        "with torch.serialization.safe_globals([torch.nn.GroupNorm, torch.nn.Conv2d]):  # the layer's own parts\n"
+        f"    layer = torch.load({str(ckpt)!r}, weights_only={{}})['layer']\n"
+        "print('RESULT', type(layer).__module__, type(layer).__name__, layer.groups)"
+    )
+    for weights_only in (False, True):
+        assert result(assert_ok(python(load.format(weights_only)))) == ["ultralytics_ema.nn.ema", "EMA", "8"]

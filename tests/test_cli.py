@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_ok, python, result, run, yolo
 
-COUNT_EMA = "sum(type(m).__name__ == 'EMA' and type(m).__module__ == 'ultralytics_ema.ema' for m in {}.modules())"
+COUNT_EMA = "sum(type(m).__name__ == 'EMA' and type(m).__module__ == 'ultralytics_ema.nn.ema' for m in {}.modules())"
 
 
 def test_train_outputs(trained: Path):
@@ -71,7 +71,7 @@ FORK = """
 import sys, types, torch
 import ultralytics_ema
 from ultralytics import YOLO
-from ultralytics_ema.reference import ReferenceEMA
+from ultralytics_ema.nn.reference import ReferenceEMA
 
 # The fork recipe's module, as it would be importable in the fork: ultralytics/nn/attention/EMA_attention.py
 pkg = types.ModuleType("ultralytics.nn.attention"); pkg.__path__ = []
@@ -116,7 +116,7 @@ def test_checkpoint_of_the_fork_recipe_loads(tmp_path: Path):
     )
     for env in ({}, {"ULTRALYTICS_SAFE_LOAD": "1"}):
         n, modules, module, diff = result(assert_ok(python(code, env=env)))
-        assert (n, modules, module) == ("3", "conv1x1+conv3x3+gn", "ultralytics_ema.ema") and float(diff) < 1e-4
+        assert (n, modules, module) == ("3", "conv1x1+conv3x3+gn", "ultralytics_ema.nn.ema") and float(diff) < 1e-4
 
 
 DDP_WORKER = """
@@ -147,7 +147,7 @@ def test_ddp_style_worker_rebuilds_from_yaml(tmp_path: Path, tiny_data: Path):
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER.format(overrides=repr(overrides)))
     out = assert_ok(run([sys.executable, str(script)], cwd=tmp_path))
-    assert "ultralytics_ema.ema.EMA" in out and (tmp_path / "ddp" / "weights" / "last.pt").is_file()
+    assert "ultralytics_ema.nn.ema.EMA" in out and (tmp_path / "ddp" / "weights" / "last.pt").is_file()
 
 
 def test_demo_dataset_by_short_name(tmp_path: Path):

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from conftest import ROOT, run
 
-OLDEST = "8.3.0"  # lower bound of ultralytics_ema.patches.SUPPORTED_ULTRALYTICS
+OLDEST = "8.3.0"  # lower bound of ultralytics_ema.plugin.patches.SUPPORTED_ULTRALYTICS
 CACHE = ROOT / ".cache" / f"ultralytics-{OLDEST}"
 
 

@@ -22,9 +22,9 @@ import warnings
 import pytest
 import torch
 
-from ultralytics_ema import ema_function, native
-from ultralytics_ema.ema import EMA, valid_factors
-from ultralytics_ema.reference import ReferenceEMA
+from ultralytics_ema.nn import ema_function, native
+from ultralytics_ema.nn.ema import EMA, valid_factors
+from ultralytics_ema.nn.reference import ReferenceEMA
 
 STATE_KEYS = ["gn.weight", "gn.bias", "conv1x1.weight", "conv1x1.bias", "conv3x3.weight", "conv3x3.bias"]
 

@@ -21,7 +21,7 @@ from conftest import assert_ok, python, result
 from test_ema import make_pair, max_abs_diff, run_with_grads
 from torch.utils.flop_counter import FlopCounterMode
 
-from ultralytics_ema import native
+from ultralytics_ema.nn import native
 
 needs_kernel = pytest.mark.skipif(
     shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: the native kernel cannot build"
@@ -32,9 +32,9 @@ needs_kernel = pytest.mark.skipif(
 # -ffast-math link would flush them).
 SCRIPT = """
 import torch
-from ultralytics_ema import native
-from ultralytics_ema.ema import EMA
-from ultralytics_ema.reference import ReferenceEMA
+from ultralytics_ema.nn import native
+from ultralytics_ema.nn.ema import EMA
+from ultralytics_ema.nn.reference import ReferenceEMA
 torch.manual_seed(0)
 diff = 0.0
 for c in (64, 32):

@@ -33,14 +33,15 @@ def test_wheel_contents(tmp_path: Path):
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ultralytics_ema").rglob("*.py") if "cfg" not in p.parts}
     assert {"ultralytics_ema/cfg/models/yolo11-ema.yaml", "ultralytics_ema/cfg/datasets/ema-demo.yaml"} <= cfg
     assert cfg <= names and package <= names
-    kernels = {f"ultralytics_ema/kernels/{p.name}" for p in (ROOT / "ultralytics_ema" / "kernels").iterdir()}
+    kernels = {f"ultralytics_ema/nn/kernels/{p.name}" for p in (ROOT / "ultralytics_ema" / "nn" / "kernels").iterdir()}
     assert len(kernels) == 3 and kernels <= names  # the native kernels' sources, compiled on first use
     pth = zipfile.ZipFile(wheel).read("ultralytics_ema_autoload.pth").decode()
     assert pth.count("\n") == 1 and pth.startswith("import os, sys; ") and "ULTRALYTICS_EMA_AUTOLOAD" in pth
 
 
 def test_installed_package_sees_cfg():
-    from ultralytics_ema.patches import CFG_DIR, packaged
+    from ultralytics_ema import CFG_DIR
+    from ultralytics_ema.plugin.patches import packaged
 
     assert sorted(p.name for p in packaged("models")) == sorted(
         p.name for p in (ROOT / "cfg" / "models").glob("*.yaml")

@@ -17,8 +17,8 @@ import yaml
 from torch import nn
 
 import ultralytics_ema
-from ultralytics_ema import EMA, LAYERS
-from ultralytics_ema.patches import CFG_DIR, packaged
+from ultralytics_ema import CFG_DIR, EMA, LAYERS
+from ultralytics_ema.plugin.patches import packaged
 
 ultralytics_ema.apply()
 
@@ -164,7 +164,7 @@ def test_second_same_channel_layer_in_one_line():
 
 def test_duplicate_registration_raises():
     with pytest.raises(
-        ValueError, match=r"'EMA' is already registered: 'EMA' -> ultralytics_ema\.ema\.EMA .*registry\.py"
+        ValueError, match=r"'EMA' is already registered: 'EMA' -> ultralytics_ema\.nn\.ema\.EMA .*registry\.py"
     ):
         LAYERS.register("EMA", ChannelScale)
     assert LAYERS["EMA"].cls is EMA and tasks.EMA is EMA
@@ -200,7 +200,7 @@ def snapshot(module) -> tuple:
 
 
 def test_unsupported_version_changes_nothing(monkeypatch: pytest.MonkeyPatch):
-    from ultralytics_ema.patches import UnsupportedUltralyticsError, patch_tasks
+    from ultralytics_ema.plugin.patches import UnsupportedUltralyticsError, patch_tasks
 
     copy = fresh_tasks()
     before = snapshot(copy)
@@ -211,7 +211,7 @@ def test_unsupported_version_changes_nothing(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_unknown_parser_structure_changes_nothing():
-    from ultralytics_ema.patches import UnsupportedUltralyticsError, patch_tasks
+    from ultralytics_ema.plugin.patches import UnsupportedUltralyticsError, patch_tasks
 
     copy = fresh_tasks()
     namespace = {}
@@ -226,7 +226,7 @@ def test_unknown_parser_structure_changes_nothing():
 
 
 def test_patch_is_idempotent_and_thread_safe():
-    from ultralytics_ema.patches import patch_tasks
+    from ultralytics_ema.plugin.patches import patch_tasks
 
     copy = fresh_tasks()
     errors = []
@@ -255,7 +255,7 @@ def test_ultralytics_version_is_supported_and_expected():
     """Runs on the newest release in this environment and on the oldest one via tests/test_compat.py."""
     from ultralytics.utils.checks import check_version
 
-    from ultralytics_ema.patches import SUPPORTED_ULTRALYTICS
+    from ultralytics_ema.plugin.patches import SUPPORTED_ULTRALYTICS
 
     assert check_version(ultralytics.__version__, SUPPORTED_ULTRALYTICS)
     expected = os.environ.get("ULTRALYTICS_EMA_EXPECT_VERSION")
@@ -265,7 +265,7 @@ def test_ultralytics_version_is_supported_and_expected():
 def test_pyproject_declares_the_supported_range():
     import tomllib
 
-    from ultralytics_ema.patches import SUPPORTED_ULTRALYTICS
+    from ultralytics_ema.plugin.patches import SUPPORTED_ULTRALYTICS
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert f"ultralytics{SUPPORTED_ULTRALYTICS}" in pyproject["project"]["dependencies"]

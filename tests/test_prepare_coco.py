@@ -1,4 +1,4 @@
-"""scripts/prepare_coco.py and ultralytics_ema.datasets.coco on a tiny hand-made COCO 2017 download."""
+"""scripts/prepare_coco.py and ultralytics_ema.data.coco on a tiny hand-made COCO 2017 download."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ultralytics_ema.datasets.coco import prepare_coco
+from ultralytics_ema.data.coco import prepare_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_coco.py"

@@ -1,4 +1,4 @@
-"""scripts/prepare_visdrone.py and ultralytics_ema.datasets.visdrone on a tiny hand-made VisDrone2019-DET download."""
+"""scripts/prepare_visdrone.py and ultralytics_ema.data.visdrone on a tiny hand-made VisDrone2019-DET download."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ultralytics_ema.datasets.visdrone import NAMES, convert_annotation, prepare_visdrone
+from ultralytics_ema.data.visdrone import NAMES, convert_annotation, prepare_visdrone
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_visdrone.py"

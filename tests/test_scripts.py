@@ -174,7 +174,7 @@ def test_compare_writes_table_and_plot(tmp_path: Path, tiny_data: Path):
 
 def test_demo_is_learnable(tmp_path: Path):
     """A few epochs on a small demo subset give mAP50 clearly above zero (measured 0.27 here; threshold 0.1)."""
-    from ultralytics_ema.demo import make_demo_dataset
+    from ultralytics_ema.data.demo import make_demo_dataset
 
     data = make_demo_dataset(tmp_path / "demo", n_train=96, n_val=24, imgsz=96)
     assert_ok(

@@ -10,8 +10,8 @@ from conftest import TINY_TRAIN, assert_ok, yolo
 
 import ultralytics_ema
 from ultralytics_ema import EMA
-from ultralytics_ema.patches import packaged
-from ultralytics_ema.transfer import align_layers
+from ultralytics_ema.plugin.patches import packaged
+from ultralytics_ema.plugin.transfer import align_layers
 
 ultralytics_ema.apply()
 

@@ -1,9 +1,9 @@
 """The native CPU kernels of the EMA layer (``kernels/*.c``), compiled on first use and called through ctypes.
 
 For float32 tensors on CPU (not while tracing or compiling), the layer's forward pass and
-:class:`~ultralytics_ema.ema_function.EMAFunction`'s backward pass each run as one C function that works through the
+:class:`~ultralytics_ema.nn.ema_function.EMAFunction`'s backward pass each run as one C function that works through the
 input one channel group at a time, so a group's data stays in cache between its passes. They compute the same
-functions as :func:`~ultralytics_ema.ema_function.ema_forward` and ``EMAFunction.backward``.
+functions as :func:`~ultralytics_ema.nn.ema_function.ema_forward` and ``EMAFunction.backward``.
 
 Build: the first such call compiles the sources with the C compiler in ``$CC`` (else ``cc``), optimised for this CPU,
 with OpenMP where the compiler has it (it shares the OpenMP runtime PyTorch loaded and uses

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from ultralytics_ema.datasets import (
+from ultralytics_ema.data.files import (
     DatasetSourceError,
     atomic_write_text,
     place_file,
@@ -289,7 +289,7 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
     present = [s for s in ("train", "val", "test") if (out / "images" / s).is_dir()]
     data = {"path": str(out), **{s: f"images/{s}" for s in present}, "nc": len(NAMES), "names": dict(enumerate(NAMES))}
     header = (
-        "# VisDrone2019-DET in the YOLO layout, written by ultralytics_ema.datasets.visdrone (prepare_visdrone.py).\n"
+        "# VisDrone2019-DET in the YOLO layout, written by ultralytics_ema.data.visdrone (prepare_visdrone.py).\n"
         "# Categories 1-10 are classes 0-9; ignored regions (0), others (11) and score-0 rows are not labels.\n"
     )
     write_data_yaml(summary.yaml_file, data, header=header)

@@ -3,12 +3,14 @@
 :func:`install` puts one finder at the front of ``sys.meta_path``. It does two things:
 
 - after Python has executed ``ultralytics.nn.tasks`` or ``ultralytics.data.utils``, it runs the matching function of
-  :mod:`ultralytics_ema.patches` on the new module. Modules imported before :func:`install` are patched by it
+  :mod:`ultralytics_ema.plugin.patches` on the new module. Modules imported before :func:`install` are patched by it
   directly. A patch that fails during an import leaves that module untouched and is logged once as an Ultralytics
   warning; ``ultralytics_ema.apply()`` raises the error instead.
 - it serves ``ultralytics.nn.attention`` and ``ultralytics.nn.attention.EMA_attention`` (unless Ultralytics has
   modules of those names), both exposing :class:`ultralytics_ema.EMA`. The second is where the fork recipe this
   package replaces put the class, so checkpoints pickled with it load here.
+- it serves the module paths of releases before the ``nn/``, ``plugin/``, ``data/`` layout (``ultralytics_ema.ema``,
+  ``ultralytics_ema.reference``) as the modules that now hold those classes, so checkpoints pickled with them load.
 
 ``import ultralytics_ema`` calls :func:`install`, and the startup hook ``ultralytics_ema_autoload.pth`` does that
 import in every Python process unless ``ULTRALYTICS_EMA_AUTOLOAD=0``. Nothing here imports torch or Ultralytics.
@@ -24,6 +26,11 @@ from types import ModuleType
 
 PATCHED_MODULES = {"ultralytics.nn.tasks": "patch_tasks", "ultralytics.data.utils": "patch_data_utils"}
 ALIAS_MODULES = ("ultralytics.nn.attention", "ultralytics.nn.attention.EMA_attention")
+# Old module path -> current one, for classes that checkpoints pickle (EMA layers of models saved before the move).
+MOVED_MODULES = {
+    "ultralytics_ema.ema": "ultralytics_ema.nn.ema",
+    "ultralytics_ema.reference": "ultralytics_ema.nn.reference",
+}
 _FAILED = False
 _LOCK = _thread.RLock()  # _thread, not threading: this module runs at every interpreter startup
 
@@ -37,10 +44,25 @@ class _AliasLoader:
 
     def exec_module(self, module: ModuleType) -> None:
         """Fill the module."""
-        from ultralytics_ema.ema import EMA
+        from ultralytics_ema.nn.ema import EMA
 
         module.EMA = EMA
         module.__all__ = ["EMA"]
+
+
+class _MovedLoader:
+    """Loader of an old module path: the module is the one at the new path (same objects, one copy)."""
+
+    def __init__(self, target: str) -> None:
+        """Serve ``target``."""
+        self.target = target
+
+    def create_module(self, spec):
+        """Return the module at the new path."""
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to run: the module is already executed."""
 
 
 class UltralyticsImportHook:
@@ -54,6 +76,8 @@ class UltralyticsImportHook:
             if _find_elsewhere(fullname, path, target) is not None:
                 return None
             return importlib.machinery.ModuleSpec(fullname, _AliasLoader(), is_package=fullname == ALIAS_MODULES[0])
+        if fullname in MOVED_MODULES:
+            return importlib.machinery.ModuleSpec(fullname, _MovedLoader(MOVED_MODULES[fullname]))
         if fullname not in PATCHED_MODULES:
             return None
         spec = _find_elsewhere(fullname, path, target)
@@ -85,7 +109,7 @@ def _patch(name: str, module: ModuleType, strict: bool) -> None:
     """Run the patch for ``module``; unless ``strict``, log a failure once per process instead of raising."""
     global _FAILED
     try:
-        patches = importlib.import_module("ultralytics_ema.patches")
+        patches = importlib.import_module("ultralytics_ema.plugin.patches")
         getattr(patches, PATCHED_MODULES[name])(module)
     except Exception as e:
         if strict:

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ultralytics_ema.datasets import (
+from ultralytics_ema.data.files import (
     DatasetSourceError,
     place_file,
     remove_stale_temps,
@@ -233,7 +233,7 @@ def prepare_coco(source: str | Path, out: str | Path, copy: bool = False) -> Coc
     keys = {"train2017": "train", "val2017": "val"}
     data = {"path": str(out), **{keys[s]: f"images/{s}" for s in present}, "nc": len(names), "names": names}
     header = (
-        "# COCO 2017 in the YOLO layout, written by ultralytics_ema.datasets.coco (prepare_coco.py).\n"
+        "# COCO 2017 in the YOLO layout, written by ultralytics_ema.data.coco (prepare_coco.py).\n"
         "# Labels by ultralytics.data.converter.convert_coco: boxes, 80 classes, crowd annotations skipped.\n"
     )
     write_data_yaml(summary.yaml_file, data, header=header)

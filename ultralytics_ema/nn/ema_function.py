@@ -1,12 +1,12 @@
 """The EMA attention computed in few passes over memory, with a hand-written backward pass.
 
-See :mod:`ultralytics_ema.ema` for the layer and the paper. This file holds the arithmetic:
+See :mod:`ultralytics_ema.nn.ema` for the layer and the paper. This file holds the arithmetic:
 
 - :func:`ema_forward` is the forward pass. Gradient-free calls run it directly; traced ones (TorchScript, ONNX)
-  record :func:`ultralytics_ema.ema_traced.ema_forward_traced` instead.
+  record :func:`ultralytics_ema.nn.ema_traced.ema_forward_traced` instead.
 - :class:`EMAFunction` runs the same forward pass and keeps what its backward pass needs. The backward pass is
   written out by hand: autograd would run about six times as many full-size operations, most of them reductions
-  over broadcast dimensions. In float32 on CPU both passes run in the native kernels (:mod:`ultralytics_ema.native`,
+  over broadcast dimensions. In float32 on CPU both passes run in the native kernels (:mod:`ultralytics_ema.nn.native`,
   the same steps in C); :func:`parameter_grads` assembles the parameter gradients for both.
 
 Notation, per group ``n`` (``b * factor`` of them) with channels ``i, o`` (``c / factor``): ``x`` is the input;
@@ -23,7 +23,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ultralytics_ema import native
+from ultralytics_ema.nn import native
 
 __all__ = ["EMAFunction", "ema_forward", "parameter_grads"]
 
@@ -39,7 +39,7 @@ _CONV = (None, [1, 1], [1, 1], [1, 1], False, [0, 0])
 def _constant(make, *args) -> torch.Tensor:
     """``make(*args)``, cached per arguments; a normal tensor even if first made in inference mode (autograd may save
     it later). Never used while tracing (a cached tensor would be recorded as a constant): traced calls run
-    :func:`ultralytics_ema.ema_traced.ema_forward_traced`, which builds its constants from the input's shape."""
+    :func:`ultralytics_ema.nn.ema_traced.ema_forward_traced`, which builds its constants from the input's shape."""
     with torch.inference_mode(False) if hasattr(torch, "inference_mode") else contextlib.nullcontext():
         return make(*args)
 
@@ -199,7 +199,7 @@ def parameter_grads(
 class EMAFunction(torch.autograd.Function):
     """:func:`ema_forward` with a hand-written backward pass (first derivatives only).
 
-    Float32 on CPU runs both passes in the native kernels (:mod:`ultralytics_ema.native`) where they apply.
+    Float32 on CPU runs both passes in the native kernels (:mod:`ultralytics_ema.nn.native`) where they apply.
     """
 
     @staticmethod

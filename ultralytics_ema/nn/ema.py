@@ -10,8 +10,8 @@ this is an attention layer, named ``EMA`` in model YAMLs as in the paper.
 The layer splits the channels into ``factor`` groups and, per group, mixes a coordinate-attention branch (1x1 conv on
 row/column means, then GroupNorm) and a 3x3 conv branch through "cross-spatial" softmax weights. Parameters
 (``gn``, ``conv1x1``, ``conv3x3``) have the names and shapes of the official code, so its weights load unchanged. The
-forward pass computes the same function as :mod:`ultralytics_ema.reference` with fewer passes over memory and no
-full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
+forward pass computes the same function as :mod:`ultralytics_ema.nn.reference` with fewer passes over memory and no
+full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.nn.ema_function`):
 
 - the GroupNorm has one channel per group, so the spatial mean of its output is exactly its bias: the first softmax
   depends on the weights only. As softmax weights sum to one, the constant that the 3x3 conv bias adds to the
@@ -26,12 +26,12 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.ema_function`):
 - the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map. On
   large inputs (batch 8 at imgsz 640) the GroupNorm is not run at all: its statistics come from two reductions and
   its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
-- training uses a hand-written backward pass (:class:`~ultralytics_ema.ema_function.EMAFunction`) with about a sixth
+- training uses a hand-written backward pass (:class:`~ultralytics_ema.nn.ema_function.EMAFunction`) with about a sixth
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
 - tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
-  (:mod:`ultralytics_ema.ema_traced`);
+  (:mod:`ultralytics_ema.nn.ema_traced`);
 - in float32 on CPU, the forward pass and the backward pass each run as one C function, compiled on first use
-  (:mod:`ultralytics_ema.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches them off): they work through the input one
+  (:mod:`ultralytics_ema.nn.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches them off): they work through the input one
   channel group at a time, with the group's data in cache (the PyTorch ops above each pass over the whole input).
   Without a C compiler the PyTorch ops run.
 
@@ -44,9 +44,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ultralytics_ema import native
-from ultralytics_ema.ema_function import EMAFunction, ema_forward
-from ultralytics_ema.ema_traced import ema_forward_traced
+from ultralytics_ema.nn import native
+from ultralytics_ema.nn.ema_function import EMAFunction, ema_forward
+from ultralytics_ema.nn.ema_traced import ema_forward_traced
 
 __all__ = ["EMA"]
 
@@ -115,7 +115,7 @@ class EMA(nn.Module):
         With gradients, :class:`EMAFunction` (a hand-written backward pass) is used; without them (inference) the
         forward pass alone. Both run in the native CPU kernels (float32 on CPU, where they build), else as PyTorch
         ops. Tracing (TorchScript, ONNX export) records
-        :func:`~ultralytics_ema.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
+        :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)
         params += (self.gn.weight, self.gn.bias)

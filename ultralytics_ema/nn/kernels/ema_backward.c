@@ -1,7 +1,7 @@
 /*
  * EMA attention, backward pass on CPU (see ema_cpu.h); the steps of EMAFunction.backward in
- * ultralytics_ema/ema_function.py, one group at a time. It writes the input gradient and, per group, the small
- * tensors from which ultralytics_ema/ema_function.py (parameter_grads) assembles the parameter gradients.
+ * ultralytics_ema/nn/ema_function.py, one group at a time. It writes the input gradient and, per group, the small
+ * tensors from which ultralytics_ema/nn/ema_function.py (parameter_grads) assembles the parameter gradients.
  *
  * Per group: one pass gives the attention map's gradient d_att; one pass per channel the GroupNorm terms; then per
  * channel one pass writes the direct and GroupNorm parts of dx and the gates' gradients, one adds the 3x3 conv's

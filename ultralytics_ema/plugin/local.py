@@ -8,7 +8,8 @@ which has the same layout). Two keys are read here and removed before Ultralytic
   ``datasets_dir``, as for stock YAMLs. ``scripts/train.py --data-dir DIR`` sets this variable.
 - ``prepare``: the command that prepares the data, shown when the root has no validation images.
 
-:func:`resolve` is called when a bare name like ``data=coco-local.yaml`` resolves (see :mod:`ultralytics_ema.patches`).
+:func:`resolve` is called when a bare name like ``data=coco-local.yaml`` resolves (see
+:mod:`ultralytics_ema.plugin.patches`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def resolve(yaml_file: str | Path) -> Path:
     """
     from ultralytics.utils import DATASETS_DIR, USER_CONFIG_DIR, YAML
 
-    from ultralytics_ema.datasets import write_data_yaml
+    from ultralytics_ema.data.files import write_data_yaml
 
     yaml_file = Path(yaml_file)
     data = YAML.load(yaml_file)

@@ -1,7 +1,7 @@
 """The EMA forward pass as traced for TorchScript and ONNX export.
 
-See :mod:`ultralytics_ema.ema` for the layer and the paper. :func:`ema_forward_traced` computes the same function as
-:func:`ultralytics_ema.ema_function.ema_forward` (and the reference) with the same shortcuts, but in the ops that
+See :mod:`ultralytics_ema.nn.ema` for the layer and the paper. :func:`ema_forward_traced` computes the same function as
+:func:`ultralytics_ema.nn.ema_function.ema_forward` (and the reference) with the same shortcuts, but in the ops that
 graph runtimes run best rather than those that suit PyTorch's eager CPU kernels. Measured in ONNX Runtime on CPU:
 
 - the windows along rows (column 1: the row means) come from one 2-D ``MatMul``; the gates of the rows are computed
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ultralytics_ema.ema_function import _taps
+from ultralytics_ema.nn.ema_function import _taps
 
 __all__ = ["ema_forward_traced"]
 

@@ -3,18 +3,18 @@
 ``ultralytics.nn.tasks`` (patched by :func:`patch_tasks`):
     ``parse_model``
         Its layer loop gets one more branch, just before the final ``else: c2 = ch[f]``: a layer registered in
-        :data:`ultralytics_ema.registry.LAYERS` takes its constructor arguments and output channels from its channel
-        rule (for EMA: input channels of its ``from`` layer, after width scaling). The branch is inserted into the
-        function's syntax tree, found by structure (the ``for i, (f, n, m, args)`` loop and its ``if m ...`` chain),
-        not by line numbers, and the recompiled code replaces ``parse_model.__code__`` in one assignment, so every
-        reference to the function sees it. A parser of another shape raises :class:`UnsupportedUltralyticsError`
-        before anything is changed.
+        :data:`ultralytics_ema.plugin.registry.LAYERS` takes its constructor arguments and output channels from its
+        channel rule (for EMA: input channels of its ``from`` layer, after width scaling). The branch is inserted
+        into the function's syntax tree, found by structure (the ``for i, (f, n, m, args)`` loop and its ``if m ...``
+        chain), not by line numbers, and the recompiled code replaces ``parse_model.__code__`` in one assignment, so
+        every reference to the function sees it. A parser of another shape raises
+        :class:`UnsupportedUltralyticsError` before anything is changed.
     module namespace
         Registered layer names (``EMA``) are added, because ``parse_model`` looks YAML module names up in its globals.
     ``BaseModel.load``
-        Wrapped by :func:`ultralytics_ema.transfer.load`: checkpoint layers are matched to the model's layers by type
-        sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained weights off
-        their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
+        Wrapped by :func:`ultralytics_ema.plugin.transfer.load`: checkpoint layers are matched to the model's layers
+        by type sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained
+        weights off their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
     ``check_yaml``
         Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ...) resolve to
         ``ultralytics_ema/cfg/models``, as stock names resolve to Ultralytics' own cfg folder.
@@ -26,9 +26,9 @@
         Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``, ``coco-local.yaml``,
         ``visdrone-local.yaml``) resolve to ``ultralytics_ema/cfg/datasets``; the ``-local`` ones get their root from
         an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing
-        (:mod:`ultralytics_ema.datasets.local`).
+        (:mod:`ultralytics_ema.plugin.local`).
 
-:mod:`ultralytics_ema.autoload` decides when these run. Each is idempotent and thread-safe.
+:mod:`ultralytics_ema.plugin.autoload` decides when these run. Each is idempotent and thread-safe.
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Callable
 
-from ultralytics_ema.registry import LAYERS, LayerEntry
+from ultralytics_ema import CFG_DIR
+from ultralytics_ema.plugin.registry import LAYERS, LayerEntry
 
 SUPPORTED_ULTRALYTICS = ">=8.3.0,<8.5"  # keep in sync with pyproject.toml (a test checks)
-CFG_DIR = Path(__file__).resolve().parent / "cfg"
-FORK_PATHS = {"EMA": ("ultralytics.nn.attention.EMA_attention.EMA", "ultralytics.nn.attention.EMA")}
+# Other import paths a pickled layer may name: the fork recipe's, and this package's before its nn/ folder.
+FORK_PATHS = {
+    "EMA": ("ultralytics.nn.attention.EMA_attention.EMA", "ultralytics.nn.attention.EMA", "ultralytics_ema.ema.EMA")
+}
 
 _MARK = "__ultralytics_ema_patched__"
 _LOCK = threading.RLock()
@@ -96,7 +99,7 @@ def patch_data_utils(data_utils: ModuleType) -> None:
         if getattr(data_utils, _MARK, False):
             return
         _check_version()
-        from ultralytics_ema.datasets.local import resolve
+        from ultralytics_ema.plugin.local import resolve
 
         data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets", resolve)
         setattr(data_utils, _MARK, True)
@@ -182,7 +185,7 @@ def _expose(tasks: ModuleType, entry: LayerEntry, force: bool) -> None:
 
 def _aligned_load(load: Callable) -> Callable:
     """Wrap ``BaseModel.load`` so that checkpoint layers are aligned to the model's first."""
-    from ultralytics_ema import transfer
+    from ultralytics_ema.plugin import transfer
 
     @functools.wraps(load)
     def aligned_load(self, weights, verbose=True):

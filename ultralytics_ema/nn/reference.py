@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ultralytics_ema.ema import EMA
+from ultralytics_ema.nn.ema import EMA
 
 
 class ReferenceEMA(EMA):

@@ -1,67 +1,24 @@
-"""Dataset preparation: the official VisDrone2019-DET and COCO 2017 downloads in the Ultralytics YOLO layout.
+"""Files written safely, shared by the dataset converters: atomic writes, hard links or copies, data YAMLs.
 
-- :func:`prepare_visdrone` (:mod:`ultralytics_ema.datasets.visdrone`): VisDrone2019-DET split folders to
-  ``images/{train,val,test}``, ``labels/{train,val,test}`` and ``visdrone.yaml``.
-- :func:`prepare_coco` (:mod:`ultralytics_ema.datasets.coco`): COCO 2017 (``annotations/instances_*2017.json``,
-  ``train2017/``, ``val2017/``) to ``images/{train2017,val2017}``, ``labels/{train2017,val2017}`` and ``coco.yaml``,
-  with the labels written by Ultralytics' own ``convert_coco``.
-
-Both write every file to a temporary name in its final folder and then rename it into place, so an interrupted run
-leaves no half-written label or image, and both are safe to re-run: the result is byte-identical. Images are
-hard-linked where the file system allows it, else copied; an image already in place is left alone.
-
-The helpers here are shared by both converters. This module and its submodules import only the standard library at
-import time; Pillow and Ultralytics (which imports torch) load when a conversion runs.
-
-Examples:
-    >>> from ultralytics_ema.datasets import prepare_visdrone
-    >>> summary = prepare_visdrone("downloads/VisDrone", "datasets/VisDrone")
-    >>> print(summary)
+Every file goes to a temporary name in its final folder (``.<name>.<pid>.tmp``) and is then renamed into place, so an
+interrupted run leaves no half-written file; :func:`remove_stale_temps` clears what an interrupted run left.
 """
 
 from __future__ import annotations
 
 import filecmp
-import importlib
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
-# Public names of the submodules, imported on first access (PEP 562) so that importing the package stays light.
-_LAZY = {
-    "prepare_visdrone": "ultralytics_ema.datasets.visdrone",
-    "VisDroneSummary": "ultralytics_ema.datasets.visdrone",
-    "prepare_coco": "ultralytics_ema.datasets.coco",
-    "CocoSummary": "ultralytics_ema.datasets.coco",
-}
-__all__ = [
-    "DatasetSourceError",
-    "atomic_write_text",
-    "place_file",
-    "remove_stale_temps",
-    "write_data_yaml",
-    *_LAZY,
-]
+__all__ = ["DatasetSourceError", "atomic_write_text", "place_file", "remove_stale_temps", "write_data_yaml"]
 
 _TEMP_RE = re.compile(r"^\..+\.\d+\.tmp$")  # the names _temp_name() makes: .<name>.<pid>.tmp
 
 
 class DatasetSourceError(ValueError):
     """The source folder is missing or does not hold the expected dataset; the message is one line."""
-
-
-def __getattr__(name: str) -> Any:
-    """Import the converters lazily (PEP 562)."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ultralytics_ema.datasets' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """List public names, lazy ones included."""
-    return sorted(set(globals()) | set(_LAZY))
 
 
 def _temp_name(path: Path) -> Path:

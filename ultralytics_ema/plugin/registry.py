@@ -1,7 +1,7 @@
 """The layers that model YAMLs can name through this package, and how their channels are derived.
 
 Ultralytics' model parser hard-codes, per layer class, how a YAML row's arguments become constructor arguments. The
-patched parser (see :mod:`ultralytics_ema.patches`) asks :data:`LAYERS` for the classes registered here instead:
+patched parser (see :mod:`ultralytics_ema.plugin.patches`) asks :data:`LAYERS` for the classes registered here instead:
 each entry maps a YAML name to a class and a *channel rule*. Another layer that keeps its input's channel count
 is one line::
 
@@ -21,7 +21,7 @@ from typing import Callable
 
 from torch import nn
 
-from ultralytics_ema.ema import EMA
+from ultralytics_ema.nn.ema import EMA
 
 ChannelRule = Callable[[int, list], "tuple[int, list]"]
 Listener = Callable[["LayerEntry", bool], None]
@@ -50,7 +50,7 @@ class LayerEntry:
     origin: str  # "file:line" of the register() call
 
     def __str__(self) -> str:
-        """Return e.g. ``'EMA' -> ultralytics_ema.ema.EMA (registered at .../registry.py:120)``."""
+        """Return e.g. ``'EMA' -> ultralytics_ema.nn.ema.EMA (registered at .../registry.py:120)``."""
         return f"{self.name!r} -> {self.cls.__module__}.{self.cls.__qualname__} (registered at {self.origin})"
 
 

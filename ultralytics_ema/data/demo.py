@@ -8,7 +8,7 @@ run on the demo data needs no download and gives the same dataset everywhere.
 and generates it there on first use, through the YAML's ``download`` script as Ultralytics runs it.
 
 Examples:
-    >>> from ultralytics_ema.demo import make_demo_dataset
+    >>> from ultralytics_ema.data.demo import make_demo_dataset
     >>> data_yaml = make_demo_dataset("datasets/ema-demo", n_train=16, n_val=8)
 """
 

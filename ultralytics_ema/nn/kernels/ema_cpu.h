@@ -2,10 +2,10 @@
  * EMA attention (Efficient Multi-Scale Attention, https://arxiv.org/abs/2305.13563) on CPU: shared definitions of the
  * forward (ema_forward.c) and backward (ema_backward.c) kernels.
  *
- * Both compute the functions of ultralytics_ema/ema_function.py (notation as there) in float32 on contiguous
+ * Both compute the functions of ultralytics_ema/nn/ema_function.py (notation as there) in float32 on contiguous
  * (b, c, h, w) tensors, one channel group (c / factor channels of one image) at a time: a group's data stays in
  * cache between the passes over it, so full-size tensors are read from memory about once. Groups run in parallel
- * (OpenMP, when compiled with it). Built and loaded by ultralytics_ema/native.py.
+ * (OpenMP, when compiled with it). Built and loaded by ultralytics_ema/nn/native.py.
  */
 #ifndef EMA_CPU_H
 #define EMA_CPU_H

@@ -4,7 +4,7 @@ Ultralytics copies checkpoint tensors by name (``model.<layer index>.<...>``) an
 YAML shifts the index of every later layer, so a stock ``yolo11n.pt`` loaded into YOLO11n-EMA fills only the layers
 before the first EMA row, and the rest of the network silently starts from scratch.
 
-:func:`load` (installed over ``BaseModel.load`` by :mod:`ultralytics_ema.patches`) first matches the checkpoint's
+:func:`load` (installed over ``BaseModel.load`` by :mod:`ultralytics_ema.plugin.patches`) first matches the checkpoint's
 layers to the model's by their sequence of layer types (a longest-matching-blocks alignment, so rows inserted on
 either side are skipped), presents the checkpoint under the model's indices, and then lets Ultralytics' own ``load``
 do the copying (shape checks, class-name remapping, Detect head rebuild). Afterwards it logs what was transferred:
@@ -25,7 +25,7 @@ from typing import Callable
 
 from torch import nn
 
-from ultralytics_ema.registry import LAYERS
+from ultralytics_ema.plugin.registry import LAYERS
 
 
 def align_layers(dst: nn.Sequential, src: nn.Sequential) -> dict[int, int]:

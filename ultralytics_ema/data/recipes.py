@@ -32,7 +32,7 @@ def root_env(name: str) -> str | None:
     """Environment variable that holds the root of dataset ``name`` (the packaged YAML's ``root_env``), if any."""
     import yaml
 
-    from ultralytics_ema.patches import CFG_DIR
+    from ultralytics_ema import CFG_DIR
 
     return yaml.safe_load((CFG_DIR / "datasets" / DATASETS[name]["yaml"]).read_text()).get("root_env")
 
