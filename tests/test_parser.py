@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import threading
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,21 @@ def test_readings_in_doubt(
     else:
         assert len(warned) == 1 and warned[0].startswith(f"WARNING ultralytics-ema: {cfg} row 16 ")
         assert warning in warned[0]
+
+
+def test_c2_reading_needs_a_factor_when_32_groups_do_not_fit():
+    d = yaml.safe_load(USER_YAML.replace("[-1, 1, Conv, [32, 3, 2]]", "[-1, 1, Conv, [48, 3, 2]]"))
+    d["backbone"][2] = [-1, 1, "EMA", [48]]  # scales to the input's 48 channels, so it is c2; 32 does not divide 48
+    with pytest.raises(ValueError) as info:
+        build(deepcopy(d))
+    assert str(info.value) == (
+        "model YAML row 2 [-1, 1, EMA, [48]]: [48] is c2 (it scales to the input's channels: the input (layer 1) has "
+        "48 channels at width 1 (no scaling)), but the default factor 32 does not divide 48: write [48, factor]; "
+        "valid factors for 48 channels: 1, 2, 3, 4, 6, 8, 12, 16, 24, 48"
+    )
+    d["backbone"][2] = [-1, 1, "EMA", [48, 16]]
+    layer = build(d).model[2]
+    assert (layer.gn.num_channels * layer.groups, layer.groups) == (48, 16)
 
 
 def test_yaml_dict_without_file_names_the_row():

@@ -103,9 +103,9 @@ def ema_channels(c1: int, args: list, row: YamlRow) -> tuple[int, list]:
       Ultralytics scales a ``Conv`` row's first argument (``make_divisible(min(c2, max_channels) * width, 8)``), to the
       input's channels: a ``c2`` that scales to anything else is an error, as the row does not say what it means.
 
-    A single integer is ``c2`` when it scales to the input's channels and 32 groups fit them, otherwise the factor;
-    when neither reading fits, the error says what each would need. A layer with one channel per group, and a single
-    integer above 32 read as the factor, are built with a warning.
+    A single integer is ``c2`` when it scales to the input's channels (then 32 groups must fit them), otherwise the
+    factor; when neither reading fits, the error says what each would need. A layer with one channel per group, and a
+    single integer above 32 read as the factor, are built with a warning.
 
     Args:
         c1 (int): Channels of the input (after width scaling).
@@ -133,7 +133,12 @@ def ema_channels(c1: int, args: list, row: YamlRow) -> tuple[int, list]:
             raise ValueError(f"in [c2, factor], factor={factor!r} must be a positive divisor of {c1}; {factors}")
     elif len(args) == 1:
         (n,) = args
-        if _scales_to(n, c1, row) and not factor_error(c1, DEFAULT_FACTOR):
+        if _scales_to(n, c1, row):
+            if factor_error(c1, DEFAULT_FACTOR):
+                raise ValueError(
+                    f"[{n}] is c2 (it scales to the input's channels: {where}), but the default factor 32 does not "
+                    f"divide {c1}: write [{n}, factor]; {factors}"
+                )
             factor = DEFAULT_FACTOR
         elif not factor_error(c1, n):
             factor = n
@@ -143,11 +148,6 @@ def ema_channels(c1: int, args: list, row: YamlRow) -> tuple[int, list]:
                     f"c2 (nominal output channels, the official code's convention) it would scale to "
                     f"{row.scaled(n)}, not {c1}"
                 )
-        elif _scales_to(n, c1, row):
-            raise ValueError(
-                f"[{n}] is c2 (it scales to the input's channels: {where}), but the default factor 32 does not divide "
-                f"{c1}: write [{n}, factor]; {factors}"
-            )
         else:
             raise ValueError(
                 f"{where}, and {n!r} fits neither reading of a single EMA argument: as c2 (nominal output channels, "
