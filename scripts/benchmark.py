@@ -223,7 +223,7 @@ def with_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if type(child) is EMA:
-                ref = ReferenceEMA(child.gn.num_channels * child.groups, child.groups)
+                ref = ReferenceEMA(child.gn.num_channels * child.groups, factor=child.groups)
                 ref.load_state_dict(child.state_dict())
                 for attr in ("i", "f", "type", "np"):  # Ultralytics' bookkeeping attributes
                     if hasattr(child, attr):

@@ -91,3 +91,34 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     )
     assert "ultralytics_ema.nn.ema.EMA" in out  # the model table lists the EMA layers
     return project / "train"
+
+
+def stock_yaml(name: str) -> dict:
+    """The stock model YAML ``name`` of the installed Ultralytics (found under its ``cfg/models``), as a dict."""
+    import ultralytics
+    import yaml
+
+    return yaml.safe_load(next((Path(ultralytics.__file__).parent / "cfg" / "models").rglob(name)).read_text())
+
+
+def with_row(d: dict, after: int, row: list) -> dict:
+    """Model YAML dict ``d`` with ``row`` inserted after row ``after`` (``d`` is changed and returned).
+
+    Later rows' ``from`` indices are renumbered so that they read the layers they read before, except that a reference
+    to row ``after`` now reads the inserted row, as YAMLs that put a layer after another write it.
+    """
+    n_backbone = len(d["backbone"])
+    rows = d["backbone"] + d["head"]
+
+    def moved(j: int, f: int) -> int:  # row j's reference f, in the new numbering (j is the old index)
+        target = j + f if f < 0 else f
+        new = target if target < after else target + 1
+        return new - (j + 1) if f < 0 else new
+
+    for j in range(after + 1, len(rows)):
+        f = rows[j][0]
+        rows[j] = [[moved(j, x) for x in f] if isinstance(f, list) else moved(j, f), *rows[j][1:]]
+    rows.insert(after + 1, row)
+    cut = n_backbone + (after < n_backbone)
+    d["backbone"], d["head"] = rows[:cut], rows[cut:]
+    return d

@@ -63,12 +63,12 @@ def path(request, monkeypatch) -> str:
 def make_pair(channels: int, factor: int, init: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     """An EMA and a ReferenceEMA with the same weights: default init, or all parameters ~ N(0, 0.5^2)."""
     torch.manual_seed(seed)
-    fast = EMA(channels, factor)
+    fast = EMA(channels, factor=factor)
     if init == "random":
         with torch.no_grad():
             for p in fast.parameters():
                 p.normal_(0.0, 0.5)
-    ref = ReferenceEMA(channels, factor)
+    ref = ReferenceEMA(channels, factor=factor)
     ref.load_state_dict(fast.state_dict())
     return fast.to(dtype), ref.to(dtype)
 
@@ -199,7 +199,7 @@ def test_grad_after_inference_mode():
 @pytest.mark.parametrize(("channels", "factor"), [(64, 32), (64, 1), (64, 64), (48, 16), (30, 3), (7, 7)])
 def test_output_shape(channels: int, factor: int):
     x = torch.randn(2, channels, 5, 9)
-    assert EMA(channels, factor)(x).shape == x.shape
+    assert EMA(channels, factor=factor)(x).shape == x.shape
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_output_shape(channels: int, factor: int):
 )
 def test_bad_factor_raises(channels: int, factor):
     with pytest.raises(ValueError) as info:
-        EMA(channels, factor)
+        EMA(channels, factor=factor)  # EMA(channels, None) is the official EMA(channels, c2=None): factor 32
     message = str(info.value)
     assert f"channels={channels}" in message
     assert f"factor={factor!r}" in message
@@ -235,11 +235,11 @@ def test_default_factor_and_attributes():
 @pytest.mark.parametrize(("channels", "factor"), [(64, 32), (256, 32), (96, 8)])
 def test_state_dict_keys_and_shapes(channels: int, factor: int):
     cg = channels // factor
-    sd = EMA(channels, factor).state_dict()
+    sd = EMA(channels, factor=factor).state_dict()
     assert list(sd) == STATE_KEYS
     assert [tuple(v.shape) for v in sd.values()] == [(cg,), (cg,), (cg, cg, 1, 1), (cg,), (cg, cg, 3, 3), (cg,)]
-    assert list(ReferenceEMA(channels, factor).state_dict()) == STATE_KEYS
-    assert not list(EMA(channels, factor).buffers())
+    assert list(ReferenceEMA(channels, factor=factor).state_dict()) == STATE_KEYS
+    assert not list(EMA(channels, factor=factor).buffers())
 
 
 def test_unpickle_official_layout_drops_parameterless_modules():

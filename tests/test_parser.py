@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import stock_yaml, with_row
 from torch import nn
 
 import ultralytics_ema
@@ -46,6 +49,16 @@ def expected_ema_channels(yaml_file: Path, scale: str) -> list[int]:
 def build(cfg: str | dict | Path, **kwargs) -> DetectionModel:
     """Build a detection model quietly."""
     return DetectionModel(cfg, verbose=False, **kwargs)
+
+
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Warnings the Ultralytics logger would print."""
+    from ultralytics.utils import LOGGER
+
+    lines: list[str] = []
+    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
+    return lines
 
 
 def test_shipped_yamls_are_packaged():
@@ -128,16 +141,166 @@ def test_user_yaml_from_any_path(tmp_path: Path):
     "row, message",
     [
         ("[[-1, 0], 1, EMA, []]", "EMA takes one input, so 'from' must be a single layer index"),
-        ("[-1, 1, EMA, [8, 2]]", "do not fit EMA"),
+        ("[-1, 1, EMA, [8, 2, 1]]", "EMA rows take [], [factor], [c2] or [c2, factor], not 3 arguments"),
+        ("[-1, 1, EMA, [8, 2]]", "in [c2, factor], c2=8 scales to 8 but must scale to 32 (c2=32 does)"),
+        ("[-1, 1, EMA, [32, 3]]", "in [c2, factor], factor=3 must be a positive divisor of 32"),
         ("[-1, 1, EMA, [48]]", "valid factors for 32 channels: 1, 2, 4, 8, 16, 32"),
-        ("[-1, 1, EMA, [0]]", "factor=0"),
+        ("[-1, 1, EMA, [0]]", "factor=0 must be a positive divisor of 32"),
+        ("[-1, 1, EMA, [True]]", "c2=True is not a channel count; as the factor (channel groups), factor=True"),
     ],
 )
-def test_bad_ema_rows(row: str, message: str):
-    d = yaml.safe_load(
-        f"nc: 3\nbackbone:\n  - [-1, 1, Conv, [32, 3, 2]]\n  - {row}\nhead:\n  - [[1], 1, Detect, [nc]]\n"
+def test_bad_ema_rows(row: str, message: str, tmp_path: Path):
+    """Every error raised while parsing an EMA row names the YAML file and the row."""
+    cfg = tmp_path / "bad-row.yaml"
+    cfg.write_text(f"nc: 3\nbackbone:\n  - [-1, 1, Conv, [32, 3, 2]]\n  - {row}\nhead:\n  - [[1], 1, Detect, [nc]]\n")
+    with pytest.raises(ValueError) as info:
+        build(str(cfg))
+    assert str(info.value).startswith(f"{cfg} row 1 {row}: ")
+    assert message in str(info.value)
+
+
+# The table of issue 12: stock YAMLs with one EMA row inserted -> (channels, factor) of the built layer. A YAML is
+# (stock file, row the EMA follows, scale or how it is scaled without `scales:`).
+YOLOV8_P3, YOLOV8_P5, YOLOV5_P4, RTDETR_PROJ = (
+    ("yolov8.yaml", 15),
+    ("yolov8.yaml", 8),
+    ("yolov5.yaml", 6),
+    ("rtdetr-l.yaml", 10),
+)
+TABLE = [
+    (YOLOV8_P3, "n", [256], (64, 32)),
+    (YOLOV8_P3, "s", [256], (128, 32)),
+    (YOLOV8_P3, "l", [256], (256, 32)),
+    (YOLOV8_P3, "x", [256], (320, 32)),
+    (YOLOV8_P3, "n", [256, 8], (64, 8)),
+    (YOLOV8_P3, "l", [256, 8], (256, 8)),
+    (YOLOV8_P3, "n", [8], (64, 8)),
+    (YOLOV8_P3, "n", [], (64, 32)),
+    (YOLOV8_P5, "n", [1024], (256, 32)),
+    (YOLOV8_P5, "m", [1024], (576, 32)),
+    (YOLOV8_P5, "l", [1024], (512, 32)),
+    (YOLOV5_P4, "s", [512], (256, 32)),
+    (YOLOV5_P4, "l", [512], (512, 32)),
+    (RTDETR_PROJ, "", [256], (256, 32)),
+    (YOLOV8_P3, "width_multiple 0.25", [256], (64, 32)),
+    (YOLOV8_P3, "unscaled", [256], (256, 32)),
+]
+
+
+def ema_yaml(folder: Path, where: tuple[str, int], scale: str, args: list) -> Path:
+    """Write the stock YAML ``where[0]`` with ``[-1, 1, EMA, args]`` after row ``where[1]``, at ``scale``."""
+    name, after = where
+    d = with_row(stock_yaml(name), after, [-1, 1, "EMA", args])
+    stem = name.removesuffix(".yaml")
+    if scale in ("width_multiple 0.25", "unscaled"):  # YAMLs without scales: (as older YOLOv5/v8 YAMLs were written)
+        del d["scales"]
+        if scale != "unscaled":
+            d.update(depth_multiple=0.33, width_multiple=0.25)
+        scale = ""
+    cfg = folder / f"{stem}{scale}-ema-{'-'.join(map(str, args)) or 'default'}.yaml"  # e.g. yolov8n-ema-256.yaml
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    return cfg
+
+
+def built_emas(cfg: Path) -> list[tuple[int, int]]:
+    """(channels, factor) of the EMA layers that Ultralytics' parser builds from ``cfg``."""
+    layers, _ = tasks.parse_model(yaml_model_load(str(cfg)), ch=3, verbose=False)
+    return [(m.gn.num_channels * m.groups, m.groups) for m in layers.modules() if isinstance(m, EMA)]
+
+
+@pytest.mark.parametrize(
+    "where, scale, args, expected", TABLE, ids=[f"{w[0][:-5]}-{s or 'l'}-row{w[1] + 1}-{a}" for w, s, a, _ in TABLE]
+)
+def test_official_and_fork_rows_build_as_the_fork_builds(
+    where: tuple, scale: str, args: list, expected: tuple, tmp_path: Path, log: list[str]
+):
+    assert built_emas(ema_yaml(tmp_path, where, scale, args)) == [expected]
+    assert not [line for line in log if "ultralytics-ema" in line]  # no reading in doubt, nothing to warn about
+
+
+def test_row_that_fits_no_reading(tmp_path: Path):
+    cfg = ema_yaml(tmp_path, YOLOV8_P3, "n", [48])
+    with pytest.raises(ValueError) as info:
+        built_emas(cfg)
+    assert str(info.value) == (
+        f"{cfg} row 16 [-1, 1, EMA, [48]]: the input (layer 15) has 64 channels at scale n (width 0.25, "
+        "max_channels 1024), and 48 fits neither reading of a single EMA argument: as c2 (nominal output channels, "
+        "the official code's convention), c2=48 scales to 16 but must scale to 64 (c2=256 does); as the factor "
+        "(channel groups), factor=48 must be a positive divisor of 64; valid factors for 64 channels: 1, 2, 4, 8, "
+        "16, 32, 64"
     )
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+
+
+@pytest.mark.parametrize(
+    "scale, args, message",
+    [
+        ("n", [1024, 8], "in [c2, factor], c2=1024 scales to 256 but must scale to 64 (c2=256 does), as the input"),
+        ("l", [1024], "c2=1024 scales to 512 but must scale to 256 (c2=256 does)"),  # 1024 is no divisor of 256
+        (
+            "unscaled",
+            [128, 8],
+            "c2=128 scales to 128 but must scale to 256 (c2=256 does), as the input (layer 15) "
+            "has 256 channels at width 1 (no scaling)",
+        ),
+    ],
+)
+def test_c2_that_scales_to_other_channels(scale: str, args: list, message: str, tmp_path: Path):
+    cfg = ema_yaml(tmp_path, YOLOV8_P3, scale, args)
+    with pytest.raises(ValueError, match=r"^" + re.escape(f"{cfg} row 16 [-1, 1, EMA, {args}]: ")) as info:
+        built_emas(cfg)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "scale, args, expected, warning",
+    [
+        # both readings fit: c2 wins (the factor reading would leave one channel per group)
+        ("l", [256], (256, 32), None),
+        ("unscaled", [256], (256, 32), None),
+        # only the factor reading fits, with one channel per group, or above 32: built, with a warning
+        ("n", [64], (64, 64), "factor 64 leaves one channel per group, as the input (layer 15) has 64 channels"),
+        (
+            "l",
+            [128],
+            (256, 128),
+            "[128] is read as the factor, 128 groups of 2 channels, as the input (layer 15) "
+            "has 256 channels at scale l (width 1, max_channels 512); read as c2 (nominal output channels, the "
+            "official code's convention) it would scale to 128, not 256",
+        ),
+        ("n", [256, 64], (64, 64), "factor 64 leaves one channel per group"),
+    ],
+)
+def test_readings_in_doubt(
+    scale: str, args: list, expected: tuple, warning: str | None, tmp_path: Path, log: list[str]
+):
+    cfg = ema_yaml(tmp_path, YOLOV8_P3, scale, args)
+    assert built_emas(cfg) == [expected]
+    warned = [line for line in log if "ultralytics-ema" in line]
+    if warning is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith(f"WARNING ultralytics-ema: {cfg} row 16 ")
+        assert warning in warned[0]
+
+
+def test_c2_reading_needs_a_factor_when_32_groups_do_not_fit():
+    d = yaml.safe_load(USER_YAML.replace("[-1, 1, Conv, [32, 3, 2]]", "[-1, 1, Conv, [48, 3, 2]]"))
+    d["backbone"][2] = [-1, 1, "EMA", [48]]  # scales to the input's 48 channels, so it is c2; 32 does not divide 48
+    with pytest.raises(ValueError) as info:
+        build(deepcopy(d))
+    assert str(info.value) == (
+        "model YAML row 2 [-1, 1, EMA, [48]]: [48] is c2 (it scales to the input's channels: the input (layer 1) has "
+        "48 channels at width 1 (no scaling)), but the default factor 32 does not divide 48: write [48, factor]; "
+        "valid factors for 48 channels: 1, 2, 3, 4, 6, 8, 12, 16, 24, 48"
+    )
+    d["backbone"][2] = [-1, 1, "EMA", [48, 16]]
+    layer = build(d).model[2]
+    assert (layer.gn.num_channels * layer.groups, layer.groups) == (48, 16)
+
+
+def test_yaml_dict_without_file_names_the_row():
+    d = yaml.safe_load(USER_YAML.replace("[1, 1, EMA, [8]]", "[1, 1, EMA, [5]]"))
+    with pytest.raises(ValueError, match=r"^model YAML row 4 \[1, 1, EMA, \[5\]\]: the input \(layer 1\) has 32 "):
         build(d)
 
 
@@ -221,6 +384,37 @@ def test_unknown_parser_structure_changes_nothing():
     with pytest.raises(
         UnsupportedUltralyticsError, match=r"supported: ultralytics>=8\.3\.0,<8\.5\): parse_model (has no|source)"
     ):
+        patch_tasks(copy)
+    assert snapshot(copy) == before
+
+
+PARSER_WITHOUT_WIDTH = """
+def parse_model(d, ch, verbose=True):
+    max_channels = float("inf")
+    ch = [ch]
+    for i, (f, n, m, args) in enumerate(d["backbone"] + d["head"]):
+        if m == "Conv":
+            c2 = args[0]
+        elif m == "Concat":
+            c2 = sum(ch[x] for x in f)
+        else:
+            c2 = ch[f]
+        ch.append(c2)
+"""
+
+
+def test_parser_without_the_scaling_locals_changes_nothing(tmp_path: Path):
+    """The branch reads parse_model's locals d, width and max_channels: a parser without one is not patched."""
+    from ultralytics_ema.plugin.patches import UnsupportedUltralyticsError, patch_tasks
+
+    (tmp_path / "parser_without_width.py").write_text(PARSER_WITHOUT_WIDTH)
+    spec = importlib.util.spec_from_file_location("parser_without_width", tmp_path / "parser_without_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy = fresh_tasks()
+    copy.parse_model = module.parse_model
+    before = snapshot(copy)
+    with pytest.raises(UnsupportedUltralyticsError, match=r"parse_model has no local 'width' before its layer loop"):
         patch_tasks(copy)
     assert snapshot(copy) == before
 

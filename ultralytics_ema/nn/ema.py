@@ -48,7 +48,7 @@ from ultralytics_ema.nn import native
 from ultralytics_ema.nn.ema_function import EMAFunction, ema_forward
 from ultralytics_ema.nn.ema_traced import ema_forward_traced
 
-__all__ = ["EMA"]
+__all__ = ["DEFAULT_FACTOR", "EMA", "factor_error", "valid_factors"]
 
 # Submodules of the official class that hold no parameters; checkpoints pickled with it carry them.
 _PARAMETERLESS = ("softmax", "agp", "pool_h", "pool_w")
@@ -69,31 +69,62 @@ def _autocast_enabled(device_type: str) -> bool:
         return device_type == "cuda" and torch.is_autocast_enabled()
 
 
+class _DefaultFactor(int):
+    """The int 32 as EMA's default factor: equal to 32, but told apart from a ``factor=32`` that was passed."""
+
+
+DEFAULT_FACTOR: int = _DefaultFactor(32)  # the official default group count
+
+
+def factor_error(channels: int, factor: object) -> str | None:
+    """Why ``factor`` cannot split ``channels`` into groups (``None`` if it can)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or channels % factor:
+        valid = ", ".join(map(str, valid_factors(channels)))
+        return f"factor must be a positive divisor of channels; valid factors for {channels} channels: {valid}"
+    return None
+
+
 class EMA(nn.Module):
     """Efficient Multi-Scale Attention; output shape and channels equal the input's.
 
+    The signature is the official class's, ``EMA(channels, c2=None, factor=32)``, so code written against it runs:
+
+    - ``EMA(256)``, ``EMA(256, factor=16)``, ``EMA(256, 256, 16)``, ``EMA(channels=256, c2=256, factor=16)``;
+    - ``c2`` (the nominal output channels of the official code, which it does not use) must equal ``channels`` or be
+      ``None``: the layer keeps its input's channels;
+    - two positional arguments ``EMA(channels, n)``: ``n`` is ``c2`` when it equals ``channels`` (the official
+      reading, factor 32), otherwise the factor (the reading of this package's earlier ``EMA(channels, factor)``), so
+      ``EMA(64, 8)`` has 8 groups and ``EMA(64, 64)`` has 32.
+
     Args:
         channels (int): Input (and output) channels.
+        c2 (int | None): Output channels as the official class takes them: ``channels`` or ``None``.
         factor (int): Number of channel groups; must divide ``channels``. Defaults to 32 as in the official code.
-
-    The official class also takes an unused ``c2`` between ``channels`` and ``factor``; it is not accepted here, so a
-    model YAML row passes only ``[factor]`` (or ``[]``) and the input channels come from the layer's ``from`` input.
 
     Examples:
         >>> m = EMA(64, factor=8)
         >>> m(torch.randn(2, 64, 20, 20)).shape
         torch.Size([2, 64, 20, 20])
+        >>> EMA(256, 256, 16).groups, EMA(64, 8).groups, EMA(64, 64).groups
+        (16, 8, 32)
     """
 
-    def __init__(self, channels: int, factor: int = 32) -> None:
-        """Create the layer; raise ValueError if ``factor`` does not divide ``channels``."""
+    def __init__(self, channels: int, c2: int | None = None, factor: int = DEFAULT_FACTOR) -> None:
+        """Create the layer; raise ValueError if ``c2`` is not ``channels`` or ``factor`` does not divide them."""
         super().__init__()
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or channels % factor:
-            raise ValueError(
-                f"EMA(channels={channels}, factor={factor!r}): factor must be a positive divisor of channels; "
-                f"valid factors for {channels} channels: {', '.join(map(str, valid_factors(channels)))}"
-            )
-        self.groups = factor
+        hint = ""
+        if c2 is not None and c2 != channels:
+            if factor is not DEFAULT_FACTOR:
+                raise ValueError(
+                    f"EMA(channels={channels}, c2={c2!r}, factor={factor!r}): c2 must equal channels or be None "
+                    "(EMA keeps its input's channels; c2 is there for the official signature)"
+                )
+            factor = c2  # EMA(channels, factor)
+            hint = f"; a second argument other than channels is the factor (for c2 write EMA({channels}, {channels}))"
+        error = factor_error(channels, factor)
+        if error:
+            raise ValueError(f"EMA(channels={channels}, factor={factor!r}): {error}{hint}")
+        self.groups = int(factor)  # a plain int, also for DEFAULT_FACTOR: checkpoints pickle only builtins here
         cg = channels // factor
         self.gn = nn.GroupNorm(cg, cg)
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ultralytics_ema.nn.ema import EMA
+from ultralytics_ema.nn.ema import DEFAULT_FACTOR, EMA
 
 
 class ReferenceEMA(EMA):
@@ -26,9 +26,9 @@ class ReferenceEMA(EMA):
         <All keys matched successfully>
     """
 
-    def __init__(self, channels: int, factor: int = 32) -> None:
-        """Create the layer plus the parameterless pooling and softmax modules of the official code."""
-        super().__init__(channels, factor)
+    def __init__(self, channels: int, c2: int | None = None, factor: int = DEFAULT_FACTOR) -> None:
+        """Create the layer (arguments as :class:`EMA` reads them) plus the official code's parameterless modules."""
+        super().__init__(channels, c2, factor)
         self.softmax = nn.Softmax(-1)
         self.agp = nn.AdaptiveAvgPool2d((1, 1))
         self.pool_h = nn.AdaptiveAvgPool2d((None, 1))

@@ -4,11 +4,13 @@
     ``parse_model``
         Its layer loop gets one more branch, just before the final ``else: c2 = ch[f]``: a layer registered in
         :data:`ultralytics_ema.plugin.registry.LAYERS` takes its constructor arguments and output channels from its
-        channel rule (for EMA: input channels of its ``from`` layer, after width scaling). The branch is inserted
-        into the function's syntax tree, found by structure (the ``for i, (f, n, m, args)`` loop and its ``if m ...``
-        chain), not by line numbers, and the recompiled code replaces ``parse_model.__code__`` in one assignment, so
-        every reference to the function sees it. A parser of another shape raises
-        :class:`UnsupportedUltralyticsError` before anything is changed.
+        channel rule (for EMA: input channels of its ``from`` layer, after width scaling). The branch also passes
+        the parser's locals ``d`` (the YAML dict: file name, scale, the row as written), ``width`` and
+        ``max_channels``, so that a rule can name the file and row in its errors and width-scale a ``c2`` argument
+        as a ``Conv`` row's is scaled. It is inserted into the function's syntax tree, found by structure (the
+        ``for i, (f, n, m, args)`` loop and its ``if m ...`` chain), not by line numbers, and the recompiled code
+        replaces ``parse_model.__code__`` in one assignment, so every reference to the function sees it. A parser of
+        another shape raises :class:`UnsupportedUltralyticsError` before anything is changed.
     module namespace
         Registered layer names (``EMA``) are added, because ``parse_model`` looks YAML module names up in its globals.
     ``BaseModel.load``
@@ -52,9 +54,12 @@ FORK_PATHS = {
 
 _MARK = "__ultralytics_ema_patched__"
 _LOCK = threading.RLock()
+# parse_model's locals the branch reads besides the loop's: the YAML dict and the width scaling in force (the same
+# names from 8.3.0 to 8.4; _parse_model_code checks that they are there).
+_LOCALS = ("d", "width", "max_channels")
 _BRANCH = """
 if m in _ultralytics_ema_layers:
-    c2, args = _ultralytics_ema_layers.layer_args(m, i, f, ch, args)
+    c2, args = _ultralytics_ema_layers.layer_args(m, i, f, ch, args, d, width, max_channels)
 """
 
 
@@ -148,6 +153,11 @@ def _parse_model_code(parse_model: Callable) -> CodeType:
             break
     else:
         raise unsupported("has no 'if m ... elif ... else: c2 = ch[f]' chain in its layer loop")
+    function = tree.body[0]
+    assigned = {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    missing = [name for name in _LOCALS if name not in assigned | {a.arg for a in function.args.args}]
+    if missing:
+        raise unsupported(f"has no local {', '.join(map(repr, missing))} before its layer loop")
     branch = ast.parse(_BRANCH).body[0]
     for node in ast.walk(branch):
         ast.copy_location(node, last.orelse[0])
