@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,6 +27,15 @@ os.environ.pop("ULTRALYTICS_SAFE_LOAD", None)
 BIN = Path(sys.executable).parent
 # One short training, as key=value arguments: 1 epoch at 64 px on the tiny dataset, no plots.
 TINY_TRAIN = ("epochs=1", "imgsz=64", "batch=16", "workers=0", "plots=False")
+
+
+def script_module(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (not a package) as module ``name``, once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def run(

@@ -16,8 +16,8 @@
         by type sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained
         weights off their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
     ``check_yaml``
-        Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ...) resolve to
-        ``ultralytics_ema/cfg/models``, as stock names resolve to Ultralytics' own cfg folder.
+        Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ``yolo26s-seg-ema.yaml``, ...)
+        resolve to ``ultralytics_ema/cfg/models/{11,26,v8}``, as stock names resolve to Ultralytics' own cfg folder.
     ``torch.serialization`` allow-list
         Registered layers (and EMA's fork path ``ultralytics.nn.attention.EMA_attention.EMA``) are added with
         ``torch.serialization.add_safe_globals``, so checkpoints load with ``ULTRALYTICS_SAFE_LOAD=1``.
@@ -26,7 +26,7 @@
         Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``, ``coco-local.yaml``,
         ``visdrone-local.yaml``) resolve to ``ultralytics_ema/cfg/datasets``; the ``-local`` ones get their root from
         an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing
-        (:mod:`ultralytics_ema.plugin.local`).
+        (:mod:`ultralytics_ema.plugin.local`). A packaged YAML given by its full path is resolved alike.
 
 :mod:`ultralytics_ema.plugin.autoload` decides when these run. Each is idempotent and thread-safe.
 """
@@ -195,29 +195,45 @@ def _aligned_load(load: Callable) -> Callable:
 
 
 def _packaged_first(check: Callable, folder: Path, resolve: Callable | None = None) -> Callable:
-    """Wrap an Ultralytics file check so that a bare file name found in ``folder`` resolves there (via ``resolve``)."""
+    """Wrap an Ultralytics file check so that a bare file name packaged under ``folder`` resolves there.
+
+    ``folder`` is searched with its subfolders (``cfg/models/26/yolo26-seg-ema.yaml`` answers ``yolo26-seg-ema.yaml``),
+    as Ultralytics searches its own ``cfg`` tree. With ``resolve``, the packaged file is passed through it, also when it
+    is given by its full path.
+    """
     if getattr(check, _MARK, False):
         return check
 
     @functools.wraps(check)
     def check_packaged_first(file, *args, **kwargs):
         name = str(file)
-        if name and Path(name).name == name and not Path(name).exists() and (folder / name).is_file():
-            return str(resolve(folder / name) if resolve else folder / name)
+        if name and Path(name).name == name and not Path(name).exists():
+            found = _find_packaged(folder, name)
+            if found is not None:
+                return str(resolve(found) if resolve else found)
+        elif resolve and name.endswith((".yaml", ".yml")) and Path(name).resolve().parent == folder.resolve():
+            return str(resolve(Path(name)))
         return check(file, *args, **kwargs)
 
     setattr(check_packaged_first, _MARK, True)
     return check_packaged_first
 
 
+def _find_packaged(folder: Path, name: str) -> Path | None:
+    """The file called ``name`` in ``folder`` or its subfolders, if any (packaged names are unique; a test checks)."""
+    if any(c in name for c in "*?["):  # not a file name
+        return None
+    return next((p for p in sorted(folder.rglob(name)) if p.is_file()), None)
+
+
 def packaged(kind: str) -> list[Path]:
-    """Return the packaged YAML files of ``kind`` ('models' or 'datasets').
+    """Return the packaged YAML files of ``kind`` ('models' or 'datasets'), subfolders included, sorted by path.
 
     Examples:
-        >>> [p.name for p in packaged("models")]
-        ['yolo11-ema-backbone.yaml', 'yolo11-ema.yaml']
+        >>> [p.relative_to(CFG_DIR / "models").as_posix() for p in packaged("models")][:2]
+        ['11/yolo11-cls-ema.yaml', '11/yolo11-ema-backbone.yaml']
     """
-    return sorted((CFG_DIR / kind).glob("*.yaml"))
+    return sorted((CFG_DIR / kind).rglob("*.yaml"))
 
 
 __all__ = ["CFG_DIR", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "apply", "packaged"]
