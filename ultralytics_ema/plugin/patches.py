@@ -25,8 +25,13 @@
     ``check_file``
         Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``, ``coco-local.yaml``,
         ``visdrone-local.yaml``) resolve to ``ultralytics_ema/cfg/datasets``; the ``-local`` ones get their root from
-        an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing
-        (:mod:`ultralytics_ema.plugin.local`). A packaged YAML given by its full path is resolved alike.
+        an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing; the demo
+        ones (``ema-demo.yaml``, ``ema-demo-seg.yaml``, ...) are generated offline into ``datasets_dir`` first, with
+        one log line (:mod:`ultralytics_ema.plugin.local`). A packaged YAML given by its full path is resolved alike.
+    ``check_cls_dataset``
+        Wrapped (also where ``ultralytics.engine.trainer``/``validator``/``exporter`` imported it by name) so that
+        ``data=ema-demo-cls`` resolves to the demo classification folder under ``datasets_dir``, generated offline on
+        first use, as Ultralytics' own named classification sets resolve there.
 
 :mod:`ultralytics_ema.plugin.autoload` decides when these run. Each is idempotent and thread-safe.
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import sys
 import threading
 from pathlib import Path
 from types import CodeType, ModuleType
@@ -50,6 +56,8 @@ FORK_PATHS = {
     "EMA": ("ultralytics.nn.attention.EMA_attention.EMA", "ultralytics.nn.attention.EMA", "ultralytics_ema.ema.EMA")
 }
 
+# Modules that import ``check_cls_dataset`` by name from ``ultralytics.data.utils``.
+CLS_DATASET_USERS = ("ultralytics.engine.trainer", "ultralytics.engine.validator", "ultralytics.engine.exporter")
 _MARK = "__ultralytics_ema_patched__"
 _LOCK = threading.RLock()
 _BRANCH = """
@@ -94,7 +102,7 @@ def patch_tasks(tasks: ModuleType) -> None:
 
 
 def patch_data_utils(data_utils: ModuleType) -> None:
-    """Patch ``ultralytics.data.utils``: bare names of packaged dataset YAMLs resolve."""
+    """Patch ``ultralytics.data.utils``: packaged dataset YAMLs and the demo classification folder resolve."""
     with _LOCK:
         if getattr(data_utils, _MARK, False):
             return
@@ -102,6 +110,12 @@ def patch_data_utils(data_utils: ModuleType) -> None:
         from ultralytics_ema.plugin.local import resolve
 
         data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets", resolve)
+        original = data_utils.check_cls_dataset
+        data_utils.check_cls_dataset = _demo_folder_first(original)
+        for name in CLS_DATASET_USERS:  # they import it by name; rebind where imported before this patch
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, "check_cls_dataset", None) is original:
+                module.check_cls_dataset = data_utils.check_cls_dataset
         setattr(data_utils, _MARK, True)
 
 
@@ -192,6 +206,22 @@ def _aligned_load(load: Callable) -> Callable:
         return transfer.load(load, self, weights, verbose)
 
     return aligned_load
+
+
+def _demo_folder_first(check: Callable) -> Callable:
+    """Wrap ``check_cls_dataset`` so that the name of a demo classification dataset (``ema-demo-cls``) resolves to its
+    folder under ``datasets_dir``, generated offline on first use, as Ultralytics' own named sets resolve there."""
+    if getattr(check, _MARK, False):
+        return check
+
+    @functools.wraps(check)
+    def check_cls_dataset_demo_first(dataset, *args, **kwargs):
+        from ultralytics_ema.plugin.local import demo_folder
+
+        return check(demo_folder(dataset) or dataset, *args, **kwargs)
+
+    setattr(check_cls_dataset_demo_first, _MARK, True)
+    return check_cls_dataset_demo_first
 
 
 def _packaged_first(check: Callable, folder: Path, resolve: Callable | None = None) -> Callable:
