@@ -102,3 +102,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     )
     assert "ultralytics_ema.nn.ema.EMA" in out  # the model table lists the EMA layers
     return project / "train"
+
+
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Lines the Ultralytics logger would print (info and warnings), instead of printing them."""
+    from ultralytics.utils import LOGGER
+
+    lines: list[str] = []
+    monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: lines.append(str(msg)))
+    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
+    return lines

@@ -15,7 +15,6 @@ from ultralytics_ema.plugin.transfer import align_layers
 ultralytics_ema.apply()
 
 from ultralytics import YOLO  # noqa: E402
-from ultralytics.utils import LOGGER  # noqa: E402
 
 SHIPPED = ["yolo11-ema-backbone.yaml", "yolo11-ema.yaml"]  # other tasks and families: tests/test_tasks.py
 
@@ -31,15 +30,6 @@ def stock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[scale] = folder / f"yolo11{scale}.pt"
         model.save(out[scale])
     return out
-
-
-@pytest.fixture
-def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Lines the Ultralytics logger would print (info and warnings)."""
-    lines: list[str] = []
-    monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: lines.append(str(msg)))
-    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
-    return lines
 
 
 @pytest.mark.parametrize("scale", ["n", "s"])

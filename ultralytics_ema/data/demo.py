@@ -217,7 +217,7 @@ def _write_detect(rng: np.random.Generator, size: int, tmp: Path, split: str, st
 
 @dataclass
 class _Shape:
-    """A drawn shape: class, outline (pixels, clockwise on screen), centre, size, angle (radians), aspect."""
+    """A drawn shape: class, outline (pixels, clockwise on screen), centre, width and height, angle (radians)."""
 
     cls: int
     outline: np.ndarray
@@ -284,7 +284,9 @@ def _norm(points: np.ndarray, size: int) -> str:
     return " ".join(f"{v:.6f}" for v in np.clip(points / size, 0, 1).ravel())
 
 
-def _draw(rng: np.random.Generator, size: int, names: tuple[str, ...], tilt: float, aspect=(1.0, 1.0)):
+def _draw(
+    rng: np.random.Generator, size: int, names: tuple[str, ...], tilt: float, aspect: tuple[float, float] = (1.0, 1.0)
+) -> tuple[np.ndarray, list[_Shape]]:
     """Background plus 1-4 non-overlapping shapes; return the image and the shapes."""
     image = _background(rng, size)
     shapes = _scatter(rng, size, names, int(rng.integers(1, 5)), tilt, aspect)
