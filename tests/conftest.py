@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,6 +27,15 @@ os.environ.pop("ULTRALYTICS_SAFE_LOAD", None)
 BIN = Path(sys.executable).parent
 # One short training, as key=value arguments: 1 epoch at 64 px on the tiny dataset, no plots.
 TINY_TRAIN = ("epochs=1", "imgsz=64", "batch=16", "workers=0", "plots=False")
+
+
+def script_module(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (not a package) as module ``name``, once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def run(
@@ -122,3 +133,14 @@ def with_row(d: dict, after: int, row: list) -> dict:
     cut = n_backbone + (after < n_backbone)
     d["backbone"], d["head"] = rows[:cut], rows[cut:]
     return d
+
+
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Lines the Ultralytics logger would print (info and warnings), instead of printing them."""
+    from ultralytics.utils import LOGGER
+
+    lines: list[str] = []
+    monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: lines.append(str(msg)))
+    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
+    return lines

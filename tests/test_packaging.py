@@ -31,7 +31,11 @@ def test_wheel_contents(tmp_path: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     cfg = {f"ultralytics_ema/cfg/{p.relative_to(ROOT / 'cfg').as_posix()}" for p in (ROOT / "cfg").rglob("*.yaml")}
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ultralytics_ema").rglob("*.py") if "cfg" not in p.parts}
-    assert {"ultralytics_ema/cfg/models/yolo11-ema.yaml", "ultralytics_ema/cfg/datasets/ema-demo.yaml"} <= cfg
+    assert {
+        "ultralytics_ema/cfg/models/11/yolo11-ema.yaml",
+        "ultralytics_ema/cfg/models/26/yolo26-seg-ema.yaml",
+        "ultralytics_ema/cfg/datasets/ema-demo.yaml",
+    } <= cfg
     assert cfg <= names and package <= names
     kernels = {f"ultralytics_ema/nn/kernels/{p.name}" for p in (ROOT / "ultralytics_ema" / "nn" / "kernels").iterdir()}
     assert len(kernels) == 3 and kernels <= names  # the native kernels' sources, compiled on first use
@@ -43,9 +47,11 @@ def test_installed_package_sees_cfg():
     from ultralytics_ema import CFG_DIR
     from ultralytics_ema.plugin.patches import packaged
 
-    assert sorted(p.name for p in packaged("models")) == sorted(
-        p.name for p in (ROOT / "cfg" / "models").glob("*.yaml")
-    )
+    for kind in ("models", "datasets"):
+        assert [p.relative_to(CFG_DIR / kind) for p in packaged(kind)] == sorted(
+            p.relative_to(ROOT / "cfg" / kind) for p in (ROOT / "cfg" / kind).rglob("*.yaml")
+        )
+    assert {"11", "26", "v8"} <= {p.parent.name for p in packaged("models")}
     assert (CFG_DIR / "datasets" / "ema-demo.yaml").read_bytes() == (
         ROOT / "cfg" / "datasets" / "ema-demo.yaml"
     ).read_bytes()

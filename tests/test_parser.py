@@ -30,7 +30,9 @@ import ultralytics.nn.tasks as tasks  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 
 WIDTH = {"n": (0.25, 1024), "s": (0.50, 1024), "m": (1.00, 512), "l": (1.00, 512), "x": (1.50, 512)}
-SHIPPED = [p.name for p in packaged("models")]
+# The YOLO11 detection YAMLs, which every supported Ultralytics builds (tests/test_model_yamls.py checks the rest).
+SHIPPED = ["yolo11-ema-backbone.yaml", "yolo11-ema.yaml"]
+MODELS = {p.name: p for p in packaged("models")}
 
 
 def expected_ema_channels(yaml_file: Path, scale: str) -> list[int]:
@@ -62,7 +64,7 @@ def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_shipped_yamls_are_packaged():
-    assert SHIPPED == ["yolo11-ema-backbone.yaml", "yolo11-ema.yaml"]
+    assert {MODELS[name].relative_to(CFG_DIR / "models").as_posix() for name in SHIPPED} == {f"11/{n}" for n in SHIPPED}
     assert (CFG_DIR / "datasets" / "ema-demo.yaml").is_file()
 
 
@@ -74,7 +76,7 @@ def test_shipped_yaml_every_scale(name: str, scale: str):
     assert d["scale"] == scale and Path(d["yaml_file"]).name == bare
     model = build(d)
     emas = [m for m in model.modules() if isinstance(m, EMA)]
-    channels = expected_ema_channels(CFG_DIR / "models" / name, scale)
+    channels = expected_ema_channels(MODELS[name], scale)
     assert len(emas) == len(channels) >= 2
     assert [m.gn.num_channels * m.groups for m in emas] == channels
     assert all(m.groups == 32 for m in emas)
@@ -98,7 +100,7 @@ def test_ema_model_is_stock_plus_ema(name: str):
     extra = [k for k in ours if ".gn." in k or ".conv1x1." in k or ".conv3x3." in k]
     rest = [(k.split(".", 2)[2], v.shape) for k, v in ours.items() if k not in extra]
     assert rest == [(k.split(".", 2)[2], v.shape) for k, v in stock.items()]
-    assert len(extra) == 6 * len(expected_ema_channels(CFG_DIR / "models" / name, "n"))
+    assert len(extra) == 6 * len(expected_ema_channels(MODELS[name], "n"))
 
 
 def test_stock_models_unchanged_by_patch():

@@ -9,16 +9,14 @@ import torch
 from conftest import TINY_TRAIN, assert_ok, yolo
 
 import ultralytics_ema
-from ultralytics_ema import EMA
-from ultralytics_ema.plugin.patches import packaged
+from ultralytics_ema import CFG_DIR, EMA
 from ultralytics_ema.plugin.transfer import align_layers
 
 ultralytics_ema.apply()
 
 from ultralytics import YOLO  # noqa: E402
-from ultralytics.utils import LOGGER  # noqa: E402
 
-SHIPPED = [p.name for p in packaged("models")]
+SHIPPED = ["yolo11-ema-backbone.yaml", "yolo11-ema.yaml"]  # other tasks and families: tests/test_tasks.py
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +30,6 @@ def stock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[scale] = folder / f"yolo11{scale}.pt"
         model.save(out[scale])
     return out
-
-
-@pytest.fixture
-def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Lines the Ultralytics logger would print (info and warnings)."""
-    lines: list[str] = []
-    monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: lines.append(str(msg)))
-    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
-    return lines
 
 
 @pytest.mark.parametrize("scale", ["n", "s"])
@@ -84,7 +73,11 @@ def test_other_scale_is_reported(stock: dict[str, Path], log: list[str]):
 
 def test_other_class_count_is_reported(stock: dict[str, Path], log: list[str], tmp_path: Path):
     cfg = tmp_path / "yolo11n-ema-3cls.yaml"
-    text = (packaged("models")[1]).read_text().replace("nc: 80 # number of classes", "nc: 3 # number of classes")
+    text = (
+        (CFG_DIR / "models" / "11" / "yolo11-ema.yaml")
+        .read_text()
+        .replace("nc: 80 # number of classes", "nc: 3 # number of classes")
+    )
     cfg.write_text(text)
     model = YOLO(cfg)
     assert model.model.yaml["nc"] == 3

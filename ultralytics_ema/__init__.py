@@ -1,4 +1,4 @@
-"""ultralytics-ema: the EMA attention layer (Efficient Multi-Scale Attention, ICASSP 2023) for Ultralytics YOLO11.
+"""ultralytics-ema: the EMA attention layer (Efficient Multi-Scale Attention, ICASSP 2023) for Ultralytics YOLO.
 
 ``import ultralytics_ema`` registers EMA with Ultralytics: right away if Ultralytics' model code is already imported,
 otherwise the moment it is (see :mod:`ultralytics_ema.plugin.autoload`). The package also installs a startup hook

@@ -1,6 +1,7 @@
 """Datasets: the offline demo data, COCO 2017 and VisDrone2019-DET preparation, and the training presets.
 
-- :func:`make_demo_dataset` (:mod:`ultralytics_ema.data.demo`): the synthetic ``ema-demo`` dataset, generated offline.
+- :func:`make_demo_dataset` (:mod:`ultralytics_ema.data.demo`): the synthetic ``ema-demo*`` datasets, one per task,
+  generated offline.
 - :func:`prepare_visdrone` (:mod:`ultralytics_ema.data.visdrone`): VisDrone2019-DET split folders to
   ``images/{train,val,test}``, ``labels/{train,val,test}`` and ``visdrone.yaml``.
 - :func:`prepare_coco` (:mod:`ultralytics_ema.data.coco`): COCO 2017 (``annotations/instances_*2017.json``,

@@ -1,4 +1,11 @@
-"""Packaged dataset YAMLs whose root is chosen at run time: ``coco-local.yaml`` and ``visdrone-local.yaml``.
+"""Packaged datasets whose root is chosen at run time: the ``-local`` YAMLs and the generated demo data.
+
+The demo datasets (``ema-demo.yaml``, ``ema-demo-seg.yaml``, ... and the classification folder ``ema-demo-cls``) live
+under Ultralytics' ``datasets_dir``. :func:`resolve` and :func:`demo_folder` generate them there on first use, offline,
+and say so in one log line, before Ultralytics looks for the images (so it never reports them missing or "downloads"
+them).
+
+``coco-local.yaml`` and ``visdrone-local.yaml``:
 
 Ultralytics' own ``coco.yaml`` and ``VisDrone.yaml`` download their data on first use. These never download: they
 describe data prepared with ``scripts/prepare_coco.py`` / ``scripts/prepare_visdrone.py`` (or Ultralytics' download,
@@ -37,6 +44,9 @@ def resolve(yaml_file: str | Path) -> Path:
 
     yaml_file = Path(yaml_file)
     data = YAML.load(yaml_file)
+    if yaml_file.stem in _demos():
+        _generate(yaml_file.stem, DATASETS_DIR / data["path"])
+        return yaml_file
     env, prepare = data.pop("root_env", None), data.pop("prepare", "")
     if env is None:
         return yaml_file
@@ -52,3 +62,41 @@ def resolve(yaml_file: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_data_yaml(out, data, header=f"# {yaml_file.name} with root {root} (${env}); written by ultralytics-ema\n")
     return out
+
+
+def demo_folder(name: str) -> Path | None:
+    """Folder of the demo classification dataset called ``name`` (e.g. ``ema-demo-cls``), generated if missing.
+
+    Returns:
+        (Path | None): ``<datasets_dir>/<name>``, or None if ``name`` is no demo classification dataset (or a path that
+            exists), which Ultralytics then resolves as usual.
+    """
+    from ultralytics.utils import DATASETS_DIR
+
+    demo = _demos().get(str(name))
+    if demo is None or demo.task != "classify" or Path(name).exists():
+        return None
+    return _generate(demo.name, DATASETS_DIR / demo.name)
+
+
+def _demos() -> dict:
+    """The demo datasets by name."""
+    from ultralytics_ema.data.demo import DEMOS
+
+    return DEMOS
+
+
+def _generate(name: str, root: Path) -> Path:
+    """Generate demo dataset ``name`` into ``root`` unless it is there; log one line when it is generated."""
+    from ultralytics.utils import LOGGER
+
+    from ultralytics_ema.data.demo import make_demo_dataset, present
+
+    demo = _demos()[name]
+    root = Path(root).expanduser().resolve()
+    if not present(root, demo.task):
+        LOGGER.info(
+            f"ultralytics-ema: generating the {name} dataset offline into {root} ({demo.n_train} train / {demo.n_val} "
+            f"val synthetic {demo.imgsz} px images, no download)"
+        )
+    return make_demo_dataset(root, task=demo.task)

@@ -18,8 +18,8 @@
         by type sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained
         weights off their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
     ``check_yaml``
-        Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ...) resolve to
-        ``ultralytics_ema/cfg/models``, as stock names resolve to Ultralytics' own cfg folder.
+        Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ``yolo26s-seg-ema.yaml``, ...)
+        resolve to ``ultralytics_ema/cfg/models/{11,26,v8}``, as stock names resolve to Ultralytics' own cfg folder.
     ``torch.serialization`` allow-list
         Registered layers (and EMA's fork path ``ultralytics.nn.attention.EMA_attention.EMA``) are added with
         ``torch.serialization.add_safe_globals``, so checkpoints load with ``ULTRALYTICS_SAFE_LOAD=1``.
@@ -27,8 +27,13 @@
     ``check_file``
         Wrapped so that bare names of the packaged dataset YAMLs (``ema-demo.yaml``, ``coco-local.yaml``,
         ``visdrone-local.yaml``) resolve to ``ultralytics_ema/cfg/datasets``; the ``-local`` ones get their root from
-        an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing
-        (:mod:`ultralytics_ema.plugin.local`).
+        an environment variable or ``datasets_dir`` and fail with a clear message when the data is missing; the demo
+        ones (``ema-demo.yaml``, ``ema-demo-seg.yaml``, ...) are generated offline into ``datasets_dir`` first, with
+        one log line (:mod:`ultralytics_ema.plugin.local`). A packaged YAML given by its full path is resolved alike.
+    ``check_cls_dataset``
+        Wrapped (also where ``ultralytics.engine.trainer``/``validator``/``exporter`` imported it by name) so that
+        ``data=ema-demo-cls`` resolves to the demo classification folder under ``datasets_dir``, generated offline on
+        first use, as Ultralytics' own named classification sets resolve there.
 
 :mod:`ultralytics_ema.plugin.autoload` decides when these run. Each is idempotent and thread-safe.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import sys
 import threading
 from pathlib import Path
 from types import CodeType, ModuleType
@@ -52,6 +58,8 @@ FORK_PATHS = {
     "EMA": ("ultralytics.nn.attention.EMA_attention.EMA", "ultralytics.nn.attention.EMA", "ultralytics_ema.ema.EMA")
 }
 
+# Modules that import ``check_cls_dataset`` by name from ``ultralytics.data.utils``.
+CLS_DATASET_USERS = ("ultralytics.engine.trainer", "ultralytics.engine.validator", "ultralytics.engine.exporter")
 _MARK = "__ultralytics_ema_patched__"
 _LOCK = threading.RLock()
 # parse_model's locals the branch reads besides the loop's: the YAML dict and the width scaling in force (the same
@@ -99,7 +107,7 @@ def patch_tasks(tasks: ModuleType) -> None:
 
 
 def patch_data_utils(data_utils: ModuleType) -> None:
-    """Patch ``ultralytics.data.utils``: bare names of packaged dataset YAMLs resolve."""
+    """Patch ``ultralytics.data.utils``: packaged dataset YAMLs and the demo classification folder resolve."""
     with _LOCK:
         if getattr(data_utils, _MARK, False):
             return
@@ -107,6 +115,12 @@ def patch_data_utils(data_utils: ModuleType) -> None:
         from ultralytics_ema.plugin.local import resolve
 
         data_utils.check_file = _packaged_first(data_utils.check_file, CFG_DIR / "datasets", resolve)
+        original = data_utils.check_cls_dataset
+        data_utils.check_cls_dataset = _demo_folder_first(original)
+        for name in CLS_DATASET_USERS:  # they import it by name; rebind where imported before this patch
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, "check_cls_dataset", None) is original:
+                module.check_cls_dataset = data_utils.check_cls_dataset
         setattr(data_utils, _MARK, True)
 
 
@@ -204,30 +218,62 @@ def _aligned_load(load: Callable) -> Callable:
     return aligned_load
 
 
+def _demo_folder_first(check: Callable) -> Callable:
+    """Wrap ``check_cls_dataset`` so that the name of a demo classification dataset (``ema-demo-cls``) resolves to its
+    folder under ``datasets_dir``, generated offline on first use, as Ultralytics' own named sets resolve there."""
+    if getattr(check, _MARK, False):
+        return check
+
+    @functools.wraps(check)
+    def check_cls_dataset_demo_first(dataset, *args, **kwargs):
+        from ultralytics_ema.plugin.local import demo_folder
+
+        return check(demo_folder(dataset) or dataset, *args, **kwargs)
+
+    setattr(check_cls_dataset_demo_first, _MARK, True)
+    return check_cls_dataset_demo_first
+
+
 def _packaged_first(check: Callable, folder: Path, resolve: Callable | None = None) -> Callable:
-    """Wrap an Ultralytics file check so that a bare file name found in ``folder`` resolves there (via ``resolve``)."""
+    """Wrap an Ultralytics file check so that a bare file name packaged under ``folder`` resolves there.
+
+    ``folder`` is searched with its subfolders (``cfg/models/26/yolo26-seg-ema.yaml`` answers ``yolo26-seg-ema.yaml``),
+    as Ultralytics searches its own ``cfg`` tree. With ``resolve``, the packaged file is passed through it, also when it
+    is given by its full path.
+    """
     if getattr(check, _MARK, False):
         return check
 
     @functools.wraps(check)
     def check_packaged_first(file, *args, **kwargs):
         name = str(file)
-        if name and Path(name).name == name and not Path(name).exists() and (folder / name).is_file():
-            return str(resolve(folder / name) if resolve else folder / name)
+        if name and Path(name).name == name and not Path(name).exists():
+            found = _find_packaged(folder, name)
+            if found is not None:
+                return str(resolve(found) if resolve else found)
+        elif resolve and name.endswith((".yaml", ".yml")) and Path(name).resolve().parent == folder.resolve():
+            return str(resolve(Path(name)))
         return check(file, *args, **kwargs)
 
     setattr(check_packaged_first, _MARK, True)
     return check_packaged_first
 
 
+def _find_packaged(folder: Path, name: str) -> Path | None:
+    """The file called ``name`` in ``folder`` or its subfolders, if any (packaged names are unique; a test checks)."""
+    if any(c in name for c in "*?["):  # not a file name
+        return None
+    return next((p for p in sorted(folder.rglob(name)) if p.is_file()), None)
+
+
 def packaged(kind: str) -> list[Path]:
-    """Return the packaged YAML files of ``kind`` ('models' or 'datasets').
+    """Return the packaged YAML files of ``kind`` ('models' or 'datasets'), subfolders included, sorted by path.
 
     Examples:
-        >>> [p.name for p in packaged("models")]
-        ['yolo11-ema-backbone.yaml', 'yolo11-ema.yaml']
+        >>> [p.relative_to(CFG_DIR / "models").as_posix() for p in packaged("models")][:2]
+        ['11/yolo11-cls-ema.yaml', '11/yolo11-ema-backbone.yaml']
     """
-    return sorted((CFG_DIR / kind).glob("*.yaml"))
+    return sorted((CFG_DIR / kind).rglob("*.yaml"))
 
 
 __all__ = ["CFG_DIR", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "apply", "packaged"]
