@@ -52,7 +52,10 @@ def test_train_passthrough_and_pretrained(tmp_path: Path, tiny_data: Path):
             cwd=tmp_path,
         )
     )
-    assert "ultralytics-ema: transferred 493/499 checkpoint tensors (class count 80 vs 3)" in out
+    assert (
+        "ultralytics-ema: transferred 493/499 checkpoint tensors; 6 do not fit: 6 class outputs (class count 80 vs 3)"
+        in out
+    )
     assert f"Results saved to {tmp_path / 'run'}" in out
     args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
     assert (args["model"], args["epochs"], args["imgsz"], args["batch"], args["lr0"]) == (
