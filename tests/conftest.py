@@ -91,3 +91,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     )
     assert "ultralytics_ema.nn.ema.EMA" in out  # the model table lists the EMA layers
     return project / "train"
+
+
+def assert_out_refused(dataset: str, source: Path, where: str) -> None:
+    """``ultralytics-ema prepare <dataset>`` with ``--out source/where`` (inside a source folder): refused in one
+    line naming the folder, exit status 2, nothing written."""
+    out = source / where
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    done = run([str(BIN / "ultralytics-ema"), "prepare", dataset, "--source", str(source), "--out", str(out)])
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line == (
+        f"ultralytics-ema prepare {dataset}: error: output folder {out} is inside the source folder "
+        f"{source / where.split('/')[0]}: its files would be read back as source files; choose an output folder "
+        "outside the source"
+    )
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before

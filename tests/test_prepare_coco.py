@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, run
+from conftest import BIN, assert_out_refused, run
 
 from ultralytics_ema.data.coco import CocoAnnotationError, prepare_coco
 
@@ -220,17 +220,7 @@ def test_split_of_an_earlier_run_is_kept_and_reported(source: Path, tmp_path: Pa
 @pytest.mark.parametrize("where", ["val2017", "val2017/yolo", "annotations/out"])
 def test_out_inside_the_source_is_refused(source: Path, where: str) -> None:
     """Before the fix, --out inside val2017 read its own output back: 20 -> 23 -> 46 -> 69 val images."""
-    out = source / where
-    before = sorted(p.relative_to(source) for p in source.rglob("*"))
-    result = _command("--source", str(source), "--out", str(out))
-    assert result.returncode == 2 and result.stdout == ""
-    (line,) = result.stderr.splitlines()
-    folder = source / where.split("/")[0]
-    assert line == (
-        f"ultralytics-ema prepare coco: error: output folder {out} is inside the source folder {folder}: its files "
-        "would be read back as source files; choose an output folder outside the source"
-    )
-    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before  # nothing written
+    assert_out_refused("coco", source, where)
 
 
 def _broken(data: dict, case: str) -> str | dict:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, run
+from conftest import BIN, assert_out_refused, run
 
 from ultralytics_ema.data.visdrone import NAMES, convert_annotation, prepare_visdrone
 
@@ -258,14 +258,4 @@ def test_rerun_mirrors_a_changed_source(source: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["VisDrone2019-DET-val/images/yolo", "VisDrone2019-DET-train"])
 def test_out_inside_the_source_is_refused(source: Path, where: str) -> None:
-    out = source / where
-    before = sorted(p.relative_to(source) for p in source.rglob("*"))
-    result = _command("--source", str(source), "--out", str(out))
-    assert result.returncode == 2 and result.stdout == ""
-    (line,) = result.stderr.splitlines()
-    folder = source / where.split("/")[0]
-    assert line == (
-        f"ultralytics-ema prepare visdrone: error: output folder {out} is inside the source folder {folder}: its "
-        "files would be read back as source files; choose an output folder outside the source"
-    )
-    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    assert_out_refused("visdrone", source, where)

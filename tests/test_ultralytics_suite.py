@@ -6,8 +6,8 @@ registry for the pinned version into ``.cache/``. The slice is every test of ``t
 offline; with the plugin on, the same 97 pass and the same 159 fail or skip, for want of downloads), less three slow
 ones that touch nothing this plugin changes (``test_export``, ``test_utils_benchmarks``,
 ``test_image_cache_shared_with_spawned_workers``) and ``test_grayscale``, which passes offline only for the two tasks
-it returns early for: 92 tests. Model building, ``BaseModel.load`` (class-name remap, restricted loading, checkpoint aliases),
-dataset checks and the CLI's import footprint are all in it.
+it returns early for: 92 tests. Model building, ``BaseModel.load`` (class-name remap, restricted loading, checkpoint
+aliases), dataset checks and the CLI's import footprint are all in it.
 """
 
 from __future__ import annotations
