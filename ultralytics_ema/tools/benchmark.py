@@ -339,7 +339,10 @@ def model_rows(quick: bool) -> list[str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        rows.append("| ONNX Runtime latency | onnxruntime is not installed | | | | | |")
+        rows.append(
+            "| ONNX Runtime latency | onnxruntime is not installed (pip install 'ultralytics-ema[export]') | | | | | |"
+        )
+        print(rows[-1], flush=True)  # like every other row, printed as it comes
         return rows
     with tempfile.TemporaryDirectory() as tmp:
         # ONNX Runtime's default session options, as Ultralytics' ONNX backend uses them.
