@@ -107,3 +107,20 @@ def assert_out_refused(dataset: str, source: Path, where: str) -> None:
         "outside the source"
     )
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run ``ultralytics-ema args...`` in this process: exit status, stdout, stderr. For the many one-line error cases;
+    end-to-end runs use the installed command in a subprocess."""
+    import contextlib
+    import io
+
+    from ultralytics_ema.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

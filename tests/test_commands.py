@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, assert_ok, run, yolo
+from conftest import BIN, ROOT, assert_ok, cli, run, yolo
 
 EXIT_STATUS = "exit status: 0 done; 2 bad input (one line on stderr); 1 the work failed"
 
@@ -63,7 +63,23 @@ def test_module_entry_point_and_version():
         (["prepare", "coco"], "ultralytics-ema prepare coco: error: the following arguments are required: --source"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path):
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*args)
+    assert code == 2 and "error" not in out, out + err  # stdout: Ultralytics' own (its settings file, first time)
+    (line,) = err.splitlines()
+    assert line.startswith(message), line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nonsense"], "ultralytics-ema: error: argument COMMAND: invalid choice: 'nonsense'"),
+        (["train", "epochs=abc"], "ultralytics-ema train: error: 'epochs=abc' is of invalid type str."),
+        (["val", "--model", "nope.pt"], "ultralytics-ema val: error: --model nope.pt: no such file"),
+    ],
+)
+def test_bad_input_of_the_installed_command(args: list[str], message: str, tmp_path: Path):
     done = command(*args, cwd=tmp_path)
     assert done.returncode == 2 and "error" not in done.stdout, done.stdout + done.stderr  # stdout: Ultralytics' own
     (line,) = done.stderr.splitlines()
