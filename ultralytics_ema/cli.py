@@ -211,8 +211,8 @@ def build_parser() -> Parser:
         "weights) and YOLO11n against YOLO11n-EMA (parameters, GFLOPs, PyTorch and ONNX Runtime latency, training\n"
         "step), each also with the native kernels off; print markdown tables with the speed targets.",
         epilog=f"{EXIT_STATUS}\nexamples:\n"
-        "  ultralytics-ema benchmark             # about 5-10 minutes on 2 CPU cores\n"
-        "  ultralytics-ema benchmark --quick     # about 1 minute\n",
+        "  ultralytics-ema benchmark             # all shapes and repeats: several times the quick run\n"
+        "  ultralytics-ema benchmark --quick     # YOLO11n shapes, few repeats: minutes on 2 CPU cores\n",
     )
     benchmark.add_argument("--quick", action="store_true", help="YOLO11n shapes only, fewer repeats, smaller step")
     benchmark.add_argument("--only", choices=["module", "model"], help="run one of the two benchmarks")

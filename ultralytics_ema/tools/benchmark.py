@@ -18,8 +18,8 @@ throttled machine are noisy: compare runs taken on the same machine, and prefer 
 ``ultralytics-ema benchmark`` (:mod:`ultralytics_ema.cli`) runs :func:`benchmark`.
 
 Examples:
-    ultralytics-ema benchmark            # full run, about 5-10 minutes on 2 CPU cores
-    ultralytics-ema benchmark --quick    # fewer shapes and repeats, smaller training step: about 1 minute
+    ultralytics-ema benchmark            # full run, several times the quick run
+    ultralytics-ema benchmark --quick    # fewer shapes and repeats, smaller training step: minutes on 2 cores
     ultralytics-ema benchmark --only module --threads 1
 """
 
@@ -359,7 +359,7 @@ def benchmark(quick: bool = False, only: str | None = None, threads: int | None 
     """Run the benchmarks and print their markdown tables (rows appear as they are measured).
 
     Args:
-        quick (bool): YOLO11n shapes only, fewer repeats, a smaller training step (about a minute).
+        quick (bool): YOLO11n shapes only, fewer repeats, a smaller training step.
         only (str | None): ``'module'`` or ``'model'`` to run one of the two benchmarks.
         threads (int | None): torch intra-op threads (default: torch's default).
     """
