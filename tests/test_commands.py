@@ -157,11 +157,11 @@ def test_bare_train_uses_demo_and_ema_model(tmp_path: Path):
 
 def test_val_command(trained: Path, tiny_data: Path, tmp_path: Path):
     best = trained / "weights" / "best.pt"
-    out = assert_ok(
-        command("val", "--model", str(best), "--data", str(tiny_data), "imgsz=64", "plots=False", cwd=tmp_path)
-    )
+    args = ("--model", str(best), "--data", str(tiny_data), "imgsz=64", "plots=False", f"project={tmp_path}", "name=v")
+    out = assert_ok(command("val", *args, cwd=tmp_path))
     line = next(x for x in out.splitlines() if x.startswith("mAP50 "))
     assert float(line.split()[1]) >= 0 and float(line.split()[3]) >= 0
+    assert line.endswith(f"results in {tmp_path / 'v'}")  # project= passed through (not the settings' runs_dir)
 
 
 @pytest.mark.parametrize(
