@@ -144,3 +144,36 @@ def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: lines.append(str(msg)))
     monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
     return lines
+
+
+def assert_out_refused(dataset: str, source: Path, where: str) -> None:
+    """``ultralytics-ema prepare <dataset>`` with ``--out source/where`` (inside a source folder): refused in one
+    line naming the folder, exit status 2, nothing written."""
+    out = source / where
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    done = run([str(BIN / "ultralytics-ema"), "prepare", dataset, "--source", str(source), "--out", str(out)])
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line == (
+        f"ultralytics-ema prepare {dataset}: error: output folder {out} is inside the source folder "
+        f"{source / where.split('/')[0]}: its files would be read back as source files; choose an output folder "
+        "outside the source"
+    )
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run ``ultralytics-ema args...`` in this process: exit status, stdout, stderr. For the many one-line error cases;
+    end-to-end runs use the installed command in a subprocess."""
+    import contextlib
+    import io
+
+    from ultralytics_ema.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -1,5 +1,5 @@
-"""The wheel ships the package (with the native kernel's C source), the YAMLs of cfg/ inside it, and the startup
-hook at its root."""
+"""The wheel ships the package (with the native kernel's C source), the YAMLs of cfg/ inside it, the startup hook at
+its root and the ``ultralytics-ema`` command."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def test_wheel_contents(tmp_path: Path):
     assert cfg <= names and package <= names
     kernels = {f"ultralytics_ema/nn/kernels/{p.name}" for p in (ROOT / "ultralytics_ema" / "nn" / "kernels").iterdir()}
     assert len(kernels) == 3 and kernels <= names  # the native kernels' sources, compiled on first use
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "ultralytics-ema = ultralytics_ema.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     pth = zipfile.ZipFile(wheel).read("ultralytics_ema_autoload.pth").decode()
     assert pth.count("\n") == 1 and pth.startswith("import os, sys; ") and "ULTRALYTICS_EMA_AUTOLOAD" in pth
 

@@ -1,21 +1,20 @@
-"""scripts/prepare_visdrone.py and ultralytics_ema.data.visdrone on a tiny hand-made VisDrone2019-DET download."""
+"""``ultralytics-ema prepare visdrone`` and ultralytics_ema.data.visdrone on a tiny hand-made VisDrone2019-DET
+download: the row rules, the layout, re-runs that mirror the source, an output folder inside the source."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import BIN, assert_out_refused, run
 
 from ultralytics_ema.data.visdrone import NAMES, convert_annotation, prepare_visdrone
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "prepare_visdrone.py"
 
 # Train image a.jpg is 40 x 30: one row per rule.
 A_ROWS = [f"{c},1,4,6,1,{c},0,0" for c in range(1, 11)]  # categories 1..10: kept as classes 0..9
@@ -87,16 +86,9 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("YOLO_OFFLINE", "1")
 
 
-def _script(*args: str) -> subprocess.CompletedProcess:
-    """Run the script as a user would, from the repository root."""
-    env = {
-        **os.environ,
-        "YOLO_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+def _command(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed command as a user would."""
+    return run([str(BIN / "ultralytics-ema"), "prepare", "visdrone", *args], timeout=300)
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -161,8 +153,6 @@ def test_yaml(source: Path, tmp_path: Path) -> None:
 
 
 def test_yaml_lists_only_present_splits(source: Path, tmp_path: Path) -> None:
-    import shutil
-
     shutil.rmtree(source / "VisDrone2019-DET-test-dev")
     out = tmp_path / "out"
     summary = prepare_visdrone(source, out)
@@ -193,7 +183,7 @@ def test_copy_mode(source: Path, tmp_path: Path) -> None:
 
 def test_cli_run_prints_summary(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _script("--source", str(source), "--out", str(out))
+    result = _command("--source", str(source), "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     start = lines.index(f"VisDrone2019-DET -> YOLO: {out.resolve()}")
@@ -210,11 +200,11 @@ def test_cli_bad_source(tmp_path: Path, case: str) -> None:
         src.mkdir()
     if case == "no-annotations":
         (src / "VisDrone2019-DET-val" / "images").mkdir(parents=True)
-    result = _script("--source", str(src), "--out", str(tmp_path / "out"))
+    result = _command("--source", str(src), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1, message
-    assert message.startswith("prepare_visdrone.py: error: ")
+    assert message.startswith("ultralytics-ema prepare visdrone: error: ")
     assert str(src.resolve()) in message
     if case == "no-annotations":
         assert "has no annotations/ folder" in message
@@ -224,7 +214,7 @@ def test_cli_bad_source(tmp_path: Path, case: str) -> None:
 
 
 def test_cli_help() -> None:
-    result = _script("--help")
+    result = _command("--help")
     assert result.returncode == 0
     for word in "--source", "--out", "--copy", "ignored-region", "others", "score-0", "zero-area", "malformed":
         assert word in result.stdout
@@ -244,3 +234,28 @@ def test_unreadable_image_and_many_malformed_rows(source: Path, tmp_path: Path) 
     text = str(summary)
     assert "a.txt line 19, 20, 21, 22, 23 and 7 more" in text
     assert "WARNING: 1 unreadable images skipped: VisDrone2019-DET-val/images/broken.jpg" in text
+
+
+def test_rerun_mirrors_a_changed_source(source: Path, tmp_path: Path) -> None:
+    """An annotation file and an image gone from the source leave the output; the summary counts the disk."""
+    out = tmp_path / "out"
+    prepare_visdrone(source, out)
+    (out / "labels" / "train.cache").write_text("stale")  # Ultralytics' label cache of the split
+    train = source / "VisDrone2019-DET-train"
+    (train / "annotations" / "a.txt").unlink()  # a.jpg becomes a background image: its old boxes must go
+    (train / "images" / "b.jpg").unlink()
+    (train / "annotations" / "b.txt").unlink()
+    summary = prepare_visdrone(source, out)
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["a.jpg", "c.jpg"]
+    assert list((out / "labels" / "train").iterdir()) == []
+    assert not (out / "labels" / "train.cache").exists()
+    on_disk = {s: len(list((out / "images" / s).iterdir())) for s in ("train", "val", "test")}
+    assert summary.images == on_disk == {"train": 2, "val": 1, "test": 1}
+    labels = sum(len(list((out / "labels" / s).iterdir())) for s in ("train", "val", "test"))
+    assert summary.label_files == labels == 2 and summary.removed == 3
+    assert "  removed:     3 files of an earlier run that are no longer in the source" in str(summary).splitlines()
+
+
+@pytest.mark.parametrize("where", ["VisDrone2019-DET-val/images/yolo", "VisDrone2019-DET-train"])
+def test_out_inside_the_source_is_refused(source: Path, where: str) -> None:
+    assert_out_refused("visdrone", source, where)

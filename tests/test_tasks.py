@@ -77,6 +77,8 @@ def test_full_transfer_from_stock(name: str, tmp_path: Path, log: list[str]):
     sd = dst.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in fresh.items())  # EMA's own tensors keep their initialisation
     assert f"Transferred {moved}/{len(sd)} items from pretrained weights" in log  # Ultralytics' own count
+    ours = f"ultralytics-ema: transferred all {moved} checkpoint tensors; {len(fresh)} new EMA attention tensors"
+    assert f"{ours} start fresh" in log  # the plugin's line counts the same
 
 
 def test_demo_data_by_name_generates_offline(tmp_path: Path):

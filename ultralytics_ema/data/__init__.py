@@ -6,12 +6,14 @@
   ``images/{train,val,test}``, ``labels/{train,val,test}`` and ``visdrone.yaml``.
 - :func:`prepare_coco` (:mod:`ultralytics_ema.data.coco`): COCO 2017 (``annotations/instances_*2017.json``,
   ``train2017/``, ``val2017/``) to ``images/{train2017,val2017}``, ``labels/{train2017,val2017}`` and ``coco.yaml``,
-  with the labels written by Ultralytics' own ``convert_coco``.
+  with the JSONs checked first and the labels written by Ultralytics' own ``convert_coco``.
 - :mod:`ultralytics_ema.data.recipes`: datasets by short name (``demo``, ``coco``, ``visdrone``) and their presets.
 
-Both converters write every file through :mod:`ultralytics_ema.data.files` (temporary name, then rename), so an
-interrupted run leaves no half-written label or image, and both are safe to re-run: the result is byte-identical.
-Images are hard-linked where the file system allows it, else copied; an image already in place is left alone.
+``ultralytics-ema prepare coco|visdrone`` (:mod:`ultralytics_ema.cli`) runs the converters. Both write every file
+through :mod:`ultralytics_ema.data.files` (temporary name, then rename), so an interrupted run leaves no half-written
+label or image; both refuse an output folder inside the source, and both are safe to re-run: the result is
+byte-identical, and after the source changed the output's split folders mirror it. Images are hard-linked where the
+file system allows it, else copied; an image already in place is left alone.
 
 This package imports only the standard library at import time; NumPy, OpenCV, Pillow and Ultralytics (which imports
 torch) load when a generator or a conversion runs.
@@ -30,6 +32,8 @@ from typing import Any
 from ultralytics_ema.data.files import (
     DatasetSourceError,
     atomic_write_text,
+    check_output_folder,
+    mirror_folder,
     place_file,
     remove_stale_temps,
     write_data_yaml,
@@ -42,10 +46,13 @@ _LAZY = {
     "VisDroneSummary": "ultralytics_ema.data.visdrone",
     "prepare_coco": "ultralytics_ema.data.coco",
     "CocoSummary": "ultralytics_ema.data.coco",
+    "CocoAnnotationError": "ultralytics_ema.data.coco",
 }
 __all__ = [
     "DatasetSourceError",
     "atomic_write_text",
+    "check_output_folder",
+    "mirror_folder",
     "place_file",
     "remove_stale_temps",
     "write_data_yaml",

@@ -1,7 +1,10 @@
-"""Files written safely, shared by the dataset converters: atomic writes, hard links or copies, data YAMLs.
+"""Files written safely, shared by the dataset converters: atomic writes, hard links or copies, data YAMLs, an
+output folder that stays out of the source and mirrors it.
 
 Every file goes to a temporary name in its final folder (``.<name>.<pid>.tmp``) and is then renamed into place, so an
 interrupted run leaves no half-written file; :func:`remove_stale_temps` clears what an interrupted run left.
+:func:`check_output_folder` refuses an output folder inside a source folder (its files would be read back as source
+files); :func:`mirror_folder` removes from an output split folder what the current source no longer has.
 """
 
 from __future__ import annotations
@@ -10,15 +13,76 @@ import filecmp
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["DatasetSourceError", "atomic_write_text", "place_file", "remove_stale_temps", "write_data_yaml"]
+__all__ = [
+    "DatasetSourceError",
+    "atomic_write_text",
+    "check_output_folder",
+    "mirror_folder",
+    "place_file",
+    "remove_stale_temps",
+    "write_data_yaml",
+]
 
 _TEMP_RE = re.compile(r"^\..+\.\d+\.tmp$")  # the names _temp_name() makes: .<name>.<pid>.tmp
 
 
 class DatasetSourceError(ValueError):
     """The source folder is missing or does not hold the expected dataset; the message is one line."""
+
+
+def check_output_folder(out: str | Path, sources: Iterable[str | Path], managed: Iterable[str] = ("images", "labels")):
+    """Refuse an output folder that lies inside a source folder, or whose rewritten folders hold a source folder.
+
+    Args:
+        out (str | Path): The output folder.
+        sources (Iterable[str | Path]): The folders a conversion reads (image and annotation folders).
+        managed (Iterable[str]): Subfolders of ``out`` that a conversion rewrites (stale files are removed there).
+
+    Raises:
+        DatasetSourceError: With one line naming both folders.
+    """
+    out = Path(out).expanduser().resolve()
+    for folder in sources:
+        folder = Path(folder).expanduser().resolve()
+        if out == folder or out.is_relative_to(folder):
+            raise DatasetSourceError(
+                f"output folder {out} is inside the source folder {folder}: its files would be read back as source "
+                "files; choose an output folder outside the source"
+            )
+        for sub in managed:
+            if folder.is_relative_to(out / sub):
+                raise DatasetSourceError(
+                    f"source folder {folder} is inside {out / sub}, which the conversion rewrites; choose another "
+                    "output folder"
+                )
+
+
+def mirror_folder(folder: str | Path, keep: Iterable[str]) -> int:
+    """Delete the files under ``folder`` that are not in ``keep``, then the folders left empty.
+
+    Args:
+        folder (str | Path): An output split folder (``images/val``, ``labels/val``); nothing happens if it is absent.
+        keep (Iterable[str]): Paths relative to ``folder`` (POSIX) of the files that the current source produced.
+
+    Returns:
+        (int): Number of files deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    keep = set(keep)
+    n = 0
+    for p in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        if p.is_dir() and not p.is_symlink():
+            if not any(p.iterdir()):
+                p.rmdir()
+        elif p.relative_to(folder).as_posix() not in keep:
+            p.unlink()
+            n += 1
+    return n
 
 
 def _temp_name(path: Path) -> Path:

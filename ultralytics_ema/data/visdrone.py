@@ -32,6 +32,8 @@ from typing import NamedTuple
 from ultralytics_ema.data.files import (
     DatasetSourceError,
     atomic_write_text,
+    check_output_folder,
+    mirror_folder,
     place_file,
     remove_stale_temps,
     write_data_yaml,
@@ -176,6 +178,8 @@ class VisDroneSummary:
         malformed_rows (list[str]): The first malformed rows, as ``path:line``.
         unreadable (list[str]): Images whose size could not be read; skipped with their annotation file.
         orphans (int): Annotation files without an image; skipped.
+        removed (int): Files of an earlier run removed because the source no longer has them.
+        kept (list[str]): Splits in the output from an earlier run that this source does not have (left alone).
     """
 
     out: Path
@@ -189,6 +193,8 @@ class VisDroneSummary:
     malformed_rows: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     orphans: int = 0
+    removed: int = 0
+    kept: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         """Return the multi-line summary."""
@@ -217,6 +223,9 @@ class VisDroneSummary:
             lines.append(f"  WARNING: {len(self.unreadable)} unreadable images skipped: {', '.join(self.unreadable)}")
         if self.orphans:
             lines.append(f"  WARNING: {self.orphans} annotation files without an image skipped")
+        if self.removed:
+            lines.append(f"  removed:     {self.removed} files of an earlier run that are no longer in the source")
+        lines.extend(f"  kept {s}: from an earlier run, not in this source" for s in self.kept)
         if not {"train", "val"} <= set(self.images):
             lines.append("  note: Ultralytics needs both a train and a val split to train; this output lacks one")
         return "\n".join(lines)
@@ -236,20 +245,23 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
     ``VisDrone2019-DET-train``, ``-val`` and ``-test-dev`` become the splits ``train``, ``val`` and ``test``:
     ``out/images/<split>`` (hard links or copies), ``out/labels/<split>`` and ``out/visdrone.yaml`` (``path:`` the
     absolute ``out``, the splits present in ``out``, the 10 class names). Every file is written under a temporary
-    name and renamed into place; re-running gives the same bytes. See the module docstring for the row rules.
+    name and renamed into place; re-running gives the same bytes, and after the source changed the split folders
+    mirror it (files it no longer has are removed). See the module docstring for the row rules.
 
     Args:
         source (str | Path): Folder holding one or more of the official split folders.
-        out (str | Path): Output folder (created if needed).
+        out (str | Path): Output folder (created if needed); not inside a source split folder.
         copy (bool): Copy images instead of hard-linking them.
 
     Returns:
         (VisDroneSummary): Counts; ``print()`` it for the summary.
 
     Raises:
-        DatasetSourceError: If ``source`` does not hold a usable split folder (see :func:`find_splits`).
+        DatasetSourceError: If ``source`` does not hold a usable split folder (see :func:`find_splits`) or ``out``
+            lies inside one. Nothing is written in these cases.
     """
     splits = find_splits(source)  # before importing Ultralytics (and torch): a bad source fails fast
+    check_output_folder(out, splits.values())
 
     from ultralytics.data.utils import IMG_FORMATS
     from ultralytics.utils import TQDM
@@ -264,6 +276,7 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
         images = sorted(p for p in (folder / "images").iterdir() if p.suffix[1:].lower() in IMG_FORMATS and p.is_file())
         annotations = {p.stem: p for p in (folder / "annotations").glob("*.txt") if p.is_file()}
         summary.images[split] = 0
+        placed, written, changed = set(), set(), False
         for img in TQDM(images, desc=f"VisDrone {split} ({folder.name})", unit="img"):
             ann = annotations.pop(img.stem, None)
             if ann is not None:
@@ -273,7 +286,8 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
                     summary.unreadable.append(f"{folder.name}/images/{img.name}")
                     continue
                 conv = convert_annotation(ann.read_text(encoding="utf-8-sig", errors="replace"), width, height)
-                atomic_write_text(lbl_out / f"{img.stem}.txt", "".join(f"{row}\n" for row in conv.labels))
+                changed |= atomic_write_text(lbl_out / f"{img.stem}.txt", "".join(f"{row}\n" for row in conv.labels))
+                written.add(f"{img.stem}.txt")
                 summary.label_files += 1
                 summary.boxes += len(conv.labels)
                 summary.dropped.update(conv.dropped)
@@ -282,14 +296,22 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
                 summary.malformed_rows.extend(f"{rel}:{n}" for n in conv.malformed[: max(room, 0)])
             else:
                 summary.background += 1
-            summary.placed[place_file(img, img_out / img.name, copy=copy)] += 1
+            how = place_file(img, img_out / img.name, copy=copy)
+            summary.placed[how] += 1
             summary.images[split] += 1
+            placed.add(img.name)
+            changed |= how != "unchanged"
         summary.orphans += len(annotations)
+        removed = mirror_folder(img_out, placed) + mirror_folder(lbl_out, written)
+        if changed or removed:
+            (out / "labels" / f"{split}.cache").unlink(missing_ok=True)  # Ultralytics' label cache of the split
+        summary.removed += removed
+    summary.kept = [s for s in ("train", "val", "test") if s not in summary.images and (out / "images" / s).is_dir()]
 
     present = [s for s in ("train", "val", "test") if (out / "images" / s).is_dir()]
     data = {"path": str(out), **{s: f"images/{s}" for s in present}, "nc": len(NAMES), "names": dict(enumerate(NAMES))}
     header = (
-        "# VisDrone2019-DET in the YOLO layout, written by ultralytics_ema.data.visdrone (prepare_visdrone.py).\n"
+        "# VisDrone2019-DET in the YOLO layout, written by ultralytics_ema.data.visdrone (ultralytics-ema prepare).\n"
         "# Categories 1-10 are classes 0-9; ignored regions (0), others (11) and score-0 rows are not labels.\n"
     )
     write_data_yaml(summary.yaml_file, data, header=header)

@@ -8,11 +8,11 @@ them).
 ``coco-local.yaml`` and ``visdrone-local.yaml``:
 
 Ultralytics' own ``coco.yaml`` and ``VisDrone.yaml`` download their data on first use. These never download: they
-describe data prepared with ``scripts/prepare_coco.py`` / ``scripts/prepare_visdrone.py`` (or Ultralytics' download,
-which has the same layout). Two keys are read here and removed before Ultralytics sees the YAML:
+describe data prepared with ``ultralytics-ema prepare coco`` / ``ultralytics-ema prepare visdrone`` (or Ultralytics'
+download, which has the same layout). Two keys are read here and removed before Ultralytics sees the YAML:
 
 - ``root_env``: environment variable with the dataset root; if unset, the root is ``path`` under Ultralytics'
-  ``datasets_dir``, as for stock YAMLs. ``scripts/train.py --data-dir DIR`` sets this variable.
+  ``datasets_dir``, as for stock YAMLs. ``ultralytics-ema train --data-dir DIR`` sets this variable.
 - ``prepare``: the command that prepares the data, shown when the root has no validation images.
 
 :func:`resolve` is called when a bare name like ``data=coco-local.yaml`` resolves (see

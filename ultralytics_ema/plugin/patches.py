@@ -14,9 +14,11 @@
     module namespace
         Registered layer names (``EMA``) are added, because ``parse_model`` looks YAML module names up in its globals.
     ``BaseModel.load``
-        Wrapped by :func:`ultralytics_ema.plugin.transfer.load`: checkpoint layers are matched to the model's layers
-        by type sequence before Ultralytics copies tensors by name, so inserted EMA rows do not shift pretrained
-        weights off their layers (``pretrained=yolo11n.pt``, ``YOLO(...).load(...)``), and the transfer is logged.
+        Wrapped by :func:`ultralytics_ema.plugin.transfer.load`. Where the model or the checkpoint holds a registered
+        layer, checkpoint layers are matched to the model's layers by type sequence before Ultralytics copies tensors
+        by name, so inserted EMA rows do not shift pretrained weights off their layers (``pretrained=yolo11n.pt``,
+        ``YOLO(...).load(...)``), and the transfer is logged. Every other load runs Ultralytics' own code unchanged,
+        and the plugin logs nothing.
     ``check_yaml``
         Wrapped so that bare names of the packaged model YAMLs (``yolo11n-ema.yaml``, ``yolo26s-seg-ema.yaml``, ...)
         resolve to ``ultralytics_ema/cfg/models/{11,26,v8}``, as stock names resolve to Ultralytics' own cfg folder.
@@ -208,7 +210,7 @@ def _expose(tasks: ModuleType, entry: LayerEntry, force: bool) -> None:
 
 
 def _aligned_load(load: Callable) -> Callable:
-    """Wrap ``BaseModel.load`` so that checkpoint layers are aligned to the model's first."""
+    """Wrap ``BaseModel.load`` so that checkpoint layers are aligned to the model's first where EMA is involved."""
     from ultralytics_ema.plugin import transfer
 
     @functools.wraps(load)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Baseline-vs-EMA comparison: train and validate several models with identical settings and seed, then report.
 
 Each model is trained with ``YOLO(model).train()`` on the same data with the same arguments (Ultralytics' default
@@ -9,62 +8,48 @@ Each model is trained with ``YOLO(model).train()`` on the same data with the sam
 - ``comparison.png``: mAP50-95 against CPU latency;
 - one Ultralytics run folder per model.
 
+``ultralytics-ema compare`` (:mod:`ultralytics_ema.cli`) runs :func:`compare`.
+
 Examples:
-    python scripts/compare.py
-    python scripts/compare.py --data coco --data-dir /data/coco --models yolo11s.yaml yolo11s-ema.yaml device=0
+    >>> from ultralytics_ema.tools.compare import compare
+    >>> run_dir = compare(["yolo11n.yaml", "yolo11n-ema.yaml"], "ema-demo.yaml", {"epochs": 30, "imgsz": 128})
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
-
-from ultralytics_ema.data.recipes import add_data_arguments, resolve_arguments
+from typing import Any
 
 DEFAULT_MODELS = ["yolo11n.yaml", "yolo11n-ema.yaml", "yolo11n-ema-backbone.yaml"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="compare.py",
-        description=__doc__.split("Examples:")[0],
-        epilog="The dataset's preset applies as in scripts/train.py; key=value arguments go to every training.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="model YAMLs to compare")
-    parser.add_argument("--pretrained", metavar="PT", help="checkpoint every model starts from")
-    parser.add_argument("--latency-runs", type=int, default=30, metavar="N", help="timed CPU forward passes per model")
-    add_data_arguments(parser)
-    args = parser.parse_args(argv)
-    # --models takes several values, so it also swallows the key=value arguments that follow it: hand them back
-    args.overrides = [m for m in args.models if "=" in m] + args.overrides
-    args.models = [m for m in args.models if "=" not in m]
-    if not args.models:
-        parser.error("--models needs at least one model")
-    if args.latency_runs < 1:
-        parser.error("--latency-runs must be at least 1")
-    if len(set(args.models)) != len(args.models):
-        parser.error("--models lists a model twice")
-    data, preset, overrides = resolve_arguments(parser, args)
-    kwargs = {**preset, **overrides}
-    if args.pretrained:
-        kwargs["pretrained"] = args.pretrained
+def compare(models: list[str], data: str, kwargs: dict[str, Any], latency_runs: int = 30) -> Path:
+    """Train, validate and time ``models`` on ``data`` with the same Ultralytics arguments; write the report.
 
+    Args:
+        models (list[str]): Model YAMLs (or checkpoints) to compare, each trained once.
+        data (str): The ``data=`` value for Ultralytics.
+        kwargs (dict[str, Any]): Ultralytics training arguments for every model; ``project`` (default
+            ``runs/compare``) and ``name`` (default ``exp``, incremented) choose the run directory.
+        latency_runs (int): Timed CPU forward passes per model.
+
+    Returns:
+        (Path): The run directory with ``comparison.md``, ``comparison.png`` and one run folder per model.
+    """
     from ultralytics import YOLO
     from ultralytics.utils.files import increment_path
     from ultralytics.utils.torch_utils import get_flops
 
+    kwargs = dict(kwargs)
     # absolute, so that Ultralytics puts each model's run inside it rather than under its runs_dir
     run_dir = increment_path(
         Path(kwargs.pop("project", "runs/compare")).resolve() / kwargs.pop("name", "exp"), mkdir=True
     )
     imgsz = kwargs.get("imgsz", 640)
     rows = []
-    for model_name in args.models:
+    for model_name in models:
         stem = Path(model_name).stem
         model = YOLO(model_name)
         start = time.perf_counter()
@@ -87,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                 "map": metrics.box.map,
             }
         )
-    for row, latency in zip(rows, cpu_latencies([r["weights"] for r in rows], imgsz, args.latency_runs)):
+    for row, latency in zip(rows, cpu_latencies([r["weights"] for r in rows], imgsz, latency_runs)):
         row["latency_ms"] = latency
     table = markdown_table(rows, data, imgsz)
     (run_dir / "comparison.md").write_text(table)
     plot(rows, run_dir / "comparison.png")
     print(f"\n{table}\nResults saved to {run_dir}")
-    return 0
+    return run_dir
 
 
 def cpu_latencies(weights: list[Path], imgsz: int, runs: int) -> list[float]:
@@ -150,7 +135,3 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

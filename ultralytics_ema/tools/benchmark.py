@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """CPU benchmark of the EMA layer and of YOLO11n-EMA; prints markdown tables.
 
 (a) Module level: :class:`ultralytics_ema.EMA` against :class:`ultralytics_ema.ReferenceEMA` (the step-by-step math
@@ -16,15 +15,16 @@
 Rows with a speed target say whether the measured ratio meets it. Timings on a shared or
 throttled machine are noisy: compare runs taken on the same machine, and prefer several runs to one.
 
+``ultralytics-ema benchmark`` (:mod:`ultralytics_ema.cli`) runs :func:`benchmark`.
+
 Examples:
-    python scripts/benchmark.py            # full run, about 5-10 minutes on 2 CPU cores
-    python scripts/benchmark.py --quick    # fewer shapes and repeats, smaller training step: about 1 minute
-    python scripts/benchmark.py --only module --threads 1
+    ultralytics-ema benchmark            # full run, several times the quick run
+    ultralytics-ema benchmark --quick    # fewer shapes and repeats, smaller training step: minutes on 2 cores
+    ultralytics-ema benchmark --only module --threads 1
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -93,14 +93,17 @@ def take_turns(
 
     With ``block > 1`` a turn is one untimed call, then ``block`` timed calls of the same function: for runtimes whose
     idle worker threads keep spinning for a while after a call (ONNX Runtime's default), which would slow down the
-    first call of the next function.
+    first call of the next function. A progress bar on stderr shows the turns and is cleared afterwards, so stdout
+    keeps only the tables.
     """
+    from ultralytics.utils import TQDM
+
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns)
-    for i in range(repeats):
+    for i in TQDM(range(repeats), desc="timing", unit="turn", file=sys.stderr, leave=False):
         for name in order if i % 2 == 0 else order[::-1]:
             if block > 1:
                 fns[name]()
@@ -336,7 +339,10 @@ def model_rows(quick: bool) -> list[str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        rows.append("| ONNX Runtime latency | onnxruntime is not installed | | | | | |")
+        rows.append(
+            "| ONNX Runtime latency | onnxruntime is not installed (pip install 'ultralytics-ema[export]') | | | | | |"
+        )
+        print(rows[-1], flush=True)  # like every other row, printed as it comes
         return rows
     with tempfile.TemporaryDirectory() as tmp:
         # ONNX Runtime's default session options, as Ultralytics' ONNX backend uses them.
@@ -349,15 +355,16 @@ def model_rows(quick: bool) -> list[str]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the benchmarks, print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="YOLO11n shapes only, fewer repeats, smaller train step")
-    parser.add_argument("--only", choices=["module", "model"], help="run one of the two benchmarks")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def benchmark(quick: bool = False, only: str | None = None, threads: int | None = None) -> None:
+    """Run the benchmarks and print their markdown tables (rows appear as they are measured).
+
+    Args:
+        quick (bool): YOLO11n shapes only, fewer repeats, a smaller training step.
+        only (str | None): ``'module'`` or ``'model'`` to run one of the two benchmarks.
+        threads (int | None): torch intra-op threads (default: torch's default).
+    """
+    if threads:
+        torch.set_num_threads(threads)
 
     import ultralytics
 
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
     kernel = "native CPU kernels" if native.enabled() and native.library() else "PyTorch ops (no native CPU kernels)"
     print(f"- EMA layer, float32 on CPU: {kernel}")
-    print(f"- mode: {'quick' if args.quick else 'full'}; medians of interleaved repeats\n", flush=True)
+    print(f"- mode: {'quick' if quick else 'full'}; medians of interleaved repeats\n", flush=True)
     start = time.perf_counter()
 
     sections = {
@@ -378,15 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     for name, (title, columns, rows) in sections.items():
-        if args.only in (None, name):
+        if only in (None, name):
             print(f"## {title}\n")
             print(f"| {' | '.join(columns)} |")
             print("|---" * len(columns) + "|", flush=True)
-            rows(args.quick)  # prints each row as it is measured
+            rows(quick)  # prints each row as it is measured
             print()
     print(f"Total time: {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

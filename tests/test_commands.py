@@ -1,46 +1,115 @@
-"""scripts/train.py, val.py and compare.py: help, runs, pass-through, missing datasets; and the demo is learnable."""
+"""The installed ``ultralytics-ema`` command: help, one-line errors with exit status 2, train, val, compare,
+benchmark, pass-through of ``key=value``, missing datasets; and the demo is learnable."""
 
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, assert_ok, run, yolo
+from conftest import BIN, ROOT, assert_ok, cli, run, yolo
+
+EXIT_STATUS = "exit status: 0 done; 2 bad input (one line on stderr); 1 the work failed"
 
 
-def script(name: str, *args: str, **kwargs):
-    """Run ``python scripts/<name> args...`` in a fresh process."""
-    return run([sys.executable, str(ROOT / "scripts" / name), *args], **kwargs)
+def command(*args: str, **kwargs):
+    """Run the installed ``ultralytics-ema`` in a fresh process."""
+    return run([str(BIN / "ultralytics-ema"), *args], **kwargs)
 
 
 @pytest.mark.parametrize(
     "name, words",
     [
-        ("train.py", ["--pretrained", "--data-dir", "epochs=300 imgsz=640", "key=value"]),
-        ("val.py", ["--model", "--data", "key=value"]),
-        ("compare.py", ["--models", "--latency-runs", "comparison.md"]),
-        ("prepare_visdrone.py", ["--source", "--out"]),
-        ("prepare_coco.py", ["--source", "--out"]),
+        ("", ["prepare", "train", "val", "compare", "benchmark", EXIT_STATUS]),
+        ("prepare", ["coco", "visdrone"]),
+        ("train", ["--model", "--data-dir", "epochs=300 imgsz=640", "key=value", "pretrained=yolo11s.pt"]),
+        ("val", ["--model PT", "--data", "key=value", "required"]),
+        ("compare", ["--models", "--latency-runs", "comparison.md", "yolo11n-ema-backbone.yaml"]),
+        ("benchmark", ["--quick", "--only", "--threads"]),
+        ("prepare visdrone", ["--source", "--out", "--copy", "zero-area", "A re-run mirrors"]),
+        ("prepare coco", ["--source", "--out", "--copy", "convert_coco", "duplicate image", "zero-area"]),
     ],
 )
 def test_help(name: str, words: list[str]):
-    out = assert_ok(script(name, "--help"))
-    assert out.startswith(f"usage: {name}") and all(w in out for w in words)
+    out = assert_ok(command(*name.split(), "--help"))
+    assert out.startswith(f"usage: ultralytics-ema {name}".rstrip() + " ") and all(w in out for w in words), out
+    assert EXIT_STATUS in out or name == "prepare"
+
+
+def test_module_entry_point_and_version():
+    from ultralytics_ema import __version__
+
+    assert assert_ok(run([sys.executable, "-m", "ultralytics_ema", "--version"])) == f"ultralytics-ema {__version__}\n"
+    assert assert_ok(command()).startswith("usage: ultralytics-ema ")  # no command: the help, exit status 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nonsense"], "ultralytics-ema: error: argument COMMAND: invalid choice: 'nonsense'"),
+        (["train", "--bogus"], "ultralytics-ema train: error: unrecognized arguments: --bogus"),
+        (["train", "epochs"], "ultralytics-ema train: error: expected key=value, got 'epochs'"),
+        (["train", "foo=1"], "ultralytics-ema train: error: 'foo' is not an Ultralytics argument"),
+        (["train", "epochs=abc"], "ultralytics-ema train: error: 'epochs=abc' is of invalid type str."),
+        (["val", "data=coco"], "ultralytics-ema val: error: the following arguments are required: --model"),
+        (["val", "--model", "nope.pt"], "ultralytics-ema val: error: --model nope.pt: no such file"),
+        (["train", "--model", "nope.yaml"], "ultralytics-ema train: error: --model nope.yaml: 'nope.yaml' does not"),
+        (["compare", "--models", "yolo11n.yaml", "no.yaml"], "ultralytics-ema compare: error: --models no.yaml: "),
+        (["compare", "--latency-runs", "0"], "ultralytics-ema compare: error: --latency-runs must be at least 1"),
+        (["benchmark", "--threads", "0"], "ultralytics-ema benchmark: error: --threads must be at least 1"),
+        (["prepare", "coco"], "ultralytics-ema prepare coco: error: the following arguments are required: --source"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*args)
+    assert code == 2 and "error" not in out, out + err  # stdout: Ultralytics' own (its settings file, first time)
+    (line,) = err.splitlines()
+    assert line.startswith(message), line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nonsense"], "ultralytics-ema: error: argument COMMAND: invalid choice: 'nonsense'"),
+        (["train", "epochs=abc"], "ultralytics-ema train: error: 'epochs=abc' is of invalid type str."),
+        (["val", "--model", "nope.pt"], "ultralytics-ema val: error: --model nope.pt: no such file"),
+    ],
+)
+def test_bad_input_of_the_installed_command(args: list[str], message: str, tmp_path: Path):
+    done = command(*args, cwd=tmp_path)
+    assert done.returncode == 2 and "error" not in done.stdout, done.stdout + done.stderr  # stdout: Ultralytics' own
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(message), line
+
+
+def test_every_command_named_in_messages_exists():
+    """Package, dataset YAMLs and README tell users to run 'ultralytics-ema ...': each names a real subcommand."""
+    known = {"prepare coco", "prepare visdrone", "train", "val", "compare", "benchmark"}  # test_help runs each
+    files = [*(ROOT / "ultralytics_ema").rglob("*.py"), *(ROOT / "cfg").rglob("*.yaml"), ROOT / "README.md"]
+    named = set()
+    for f in files:
+        text = f.read_text()
+        # scripts/ holds only the repository's YAML generator, for contributors; users are never told to run it
+        assert not set(re.findall(r"scripts/\S+", text)) - {"scripts/make_model_yamls.py"}, f"{f} names scripts/"
+        # a command: at a line start, in code quotes or after "with: " (prose like "ultralytics-ema changes" is not)
+        named |= set(re.findall(r"(?:^|[`'\"]|\s{2}|: )ultralytics-ema ((?:prepare )?[a-z]+)\b", text, re.MULTILINE))
+    named -= {"prepare"}  # "ultralytics-ema prepare coco|visdrone", "ultralytics-ema prepare" alone
+    assert named and named <= known, named - known
 
 
 def test_train_passthrough_and_pretrained(tmp_path: Path, tiny_data: Path):
     stock = tmp_path / "yolo11n.pt"
     assert_ok(run([sys.executable, "-c", f"from ultralytics import YOLO; YOLO('yolo11n.yaml').save({str(stock)!r})"]))
     out = assert_ok(
-        script(
-            "train.py",
+        command(
+            "train",
             "--data",
             str(tiny_data),
-            "--pretrained",
-            str(stock),
+            f"pretrained={stock}",
             "epochs=1",
             "imgsz=64",
             "batch=8",
@@ -52,7 +121,10 @@ def test_train_passthrough_and_pretrained(tmp_path: Path, tiny_data: Path):
             cwd=tmp_path,
         )
     )
-    assert "ultralytics-ema: transferred 493/499 checkpoint tensors (class count 80 vs 3)" in out
+    assert (
+        "ultralytics-ema: transferred 493/499 checkpoint tensors; 6 do not fit: 6 class outputs (class count 80 vs 3)"
+        in out
+    )
     assert f"Results saved to {tmp_path / 'run'}" in out
     args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
     assert (args["model"], args["epochs"], args["imgsz"], args["batch"], args["lr0"]) == (
@@ -70,7 +142,7 @@ def test_bare_train_uses_demo_and_ema_model(tmp_path: Path):
     env = {"YOLO_CONFIG_DIR": str(tmp_path / "config")}
     assert_ok(yolo("settings", f"datasets_dir={tmp_path / 'datasets'}", env=env, cwd=tmp_path))
     out = assert_ok(
-        script("train.py", "epochs=1", "imgsz=64", "workers=0", "plots=False", "name=bare", env=env, cwd=tmp_path)
+        command("train", "epochs=1", "imgsz=64", "workers=0", "plots=False", "name=bare", env=env, cwd=tmp_path)
     )
     save_dir = Path(next(x for x in out.splitlines() if x.startswith("Results saved to ")).split(" to ", 1)[1])
     args = yaml.safe_load((save_dir / "args.yaml").read_text())
@@ -84,39 +156,38 @@ def test_bare_train_uses_demo_and_ema_model(tmp_path: Path):
     assert len(list((tmp_path / "datasets" / "ema-demo" / "images" / "train").glob("*.png"))) == 160
 
 
-def test_val_script(trained: Path, tiny_data: Path, tmp_path: Path):
+def test_val_command(trained: Path, tiny_data: Path, tmp_path: Path):
     best = trained / "weights" / "best.pt"
-    out = assert_ok(
-        script("val.py", "--model", str(best), "--data", str(tiny_data), "imgsz=64", "plots=False", cwd=tmp_path)
-    )
+    args = ("--model", str(best), "--data", str(tiny_data), "imgsz=64", "plots=False", f"project={tmp_path}", "name=v")
+    out = assert_ok(command("val", *args, cwd=tmp_path))
     line = next(x for x in out.splitlines() if x.startswith("mAP50 "))
     assert float(line.split()[1]) >= 0 and float(line.split()[3]) >= 0
+    assert line.endswith(f"results in {tmp_path / 'v'}")  # project= passed through (not the settings' runs_dir)
 
 
 @pytest.mark.parametrize(
     "data, env, prepare",
     [
-        ("coco", "ULTRALYTICS_EMA_COCO", "prepare_coco.py"),
-        ("visdrone", "ULTRALYTICS_EMA_VISDRONE", "prepare_visdrone.py"),
+        ("coco", "ULTRALYTICS_EMA_COCO", "coco"),
+        ("visdrone", "ULTRALYTICS_EMA_VISDRONE", "visdrone"),
     ],
 )
 def test_missing_dataset_message(tmp_path: Path, data: str, env: str, prepare: str):
     root = tmp_path / "nowhere"
-    done = script("train.py", "--data", data, env={env: str(root)}, cwd=tmp_path)
+    done = command("train", "--data", data, env={env: str(root)}, cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     (line,) = done.stderr.strip().splitlines()
-    assert (
-        line.startswith(f"train.py: error: --data {data}: ") and f"no dataset at {root} (looked for {root}/images/val"
-    )
-    assert f"prepare it with: python scripts/{prepare} --source " in line and f"--out {root}" in line
-    done = script("train.py", "--data", data, "--data-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert line.startswith(f"ultralytics-ema train: error: --data {data}: ")
+    assert f"no dataset at {root} (looked for {root}/images/val" in line
+    assert f"prepare it with: ultralytics-ema prepare {prepare} --source " in line and f"--out {root}" in line
+    done = command("train", "--data", data, "--data-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
     assert done.returncode == 2 and f"no dataset at {tmp_path / 'elsewhere'}" in done.stderr
     done = yolo("train", "model=yolo11n-ema.yaml", f"data={data}-local.yaml", env={env: str(root)}, cwd=tmp_path)
     assert done.returncode != 0 and f"no dataset at {root}" in done.stdout + done.stderr
 
 
 def test_prepared_dataset_found_by_root(tmp_path: Path, tiny_data: Path):
-    """A prepared folder (layout of scripts/prepare_visdrone.py) is used through --data-dir, no YAML editing."""
+    """A prepared folder (layout of 'ultralytics-ema prepare visdrone') is found by its root, no YAML editing."""
     root = tmp_path / "VisDrone"
     for split in ("train", "val"):
         for kind in ("images", "labels"):
@@ -134,8 +205,8 @@ def test_prepared_dataset_found_by_root(tmp_path: Path, tiny_data: Path):
 
 def test_compare_writes_table_and_plot(tmp_path: Path, tiny_data: Path):
     out = assert_ok(
-        script(
-            "compare.py",
+        command(
+            "compare",
             "--data",
             str(tiny_data),
             "--models",
@@ -178,8 +249,8 @@ def test_demo_is_learnable(tmp_path: Path):
 
     data = make_demo_dataset(tmp_path / "demo", n_train=96, n_val=24, imgsz=96)
     assert_ok(
-        script(
-            "train.py",
+        command(
+            "train",
             "--data",
             str(data),
             "epochs=15",
@@ -200,7 +271,7 @@ def test_demo_is_learnable(tmp_path: Path):
 
 def test_benchmark_quick_tables():
     # The numbers are the machine's; the test checks the tables: every row measured, ratios and targets filled in.
-    out = assert_ok(script("benchmark.py", "--quick"))
+    out = assert_ok(command("benchmark", "--quick"))
     kernels = "native CPU kernels" if "kernels unavailable" not in out else "PyTorch ops (no native CPU kernels)"
     assert f"- EMA layer, float32 on CPU: {kernels}" in out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| (")]
