@@ -9,12 +9,12 @@ LiteRT and ExecuTorch via ``torch.export``):
   that drop the batch axis, such as PNNX for NCNN, cannot follow), so exports keep a dynamic batch;
 - the per-group 1x1 and 3x3 convs of the pooled maps are grouped ``Conv`` ops with the weights repeated per group, on
   ``(b, c, h, 1)``, ``(b, c, 1, w)`` and ``(b, c, 3, 3)`` maps;
-- the GroupNorm (one channel per group) is an instance norm without affine: one ``InstanceNormalization`` in ONNX,
-  centred mean and variance reductions elsewhere (x2paddle maps normalisation ops only with parameter affines); its
-  scale goes into the second softmax's weights, which weight the normalised map through one batched ``MatMul`` per
-  group, and its bias into one constant per group;
+- the GroupNorm (one channel per group) is an instance norm whose affine depends on the weights only: in ONNX one
+  ``InstanceNormalization`` with constant scale and bias, elsewhere centred mean and variance reductions with the
+  affine folded into the second softmax's weights (x2paddle maps normalisation ops only with parameter affines); the
+  s2-weighted sum over each group's channels is one batched ``MatMul``;
 - the first softmax depends on the weights only, so the s1-weighted 3x3 conv is one depthwise ``Conv`` and a grouped
-  1x1 ``Conv`` of ones that adds up each group's channels; its bias is part of the constant per group;
+  1x1 ``Conv`` of ones that adds up each group's channels; its bias goes into the norm's bias (s2 sums to one);
 - convs get no bias argument (biases are added), as x2paddle takes a conv bias only as a constant;
 - the s2 logits (the spatial means of the 3x3 conv) come from the 3x3 "window means" (the mean over the pixels each
   tap reads): two ``MatMul`` ops with ``(3, n)`` tap matrices built from the input's shape (constants in a static
@@ -40,25 +40,21 @@ __all__ = ["ema_forward_traced"]
 
 
 class _InstanceNormONNX(torch.autograd.Function):
-    """:func:`_instance_norm`, recorded as one ONNX ``InstanceNormalization`` with constant unit scale and zero bias.
+    """Instance norm with a per-channel scale and shift computed from the weights only, recorded as one ONNX
+    ``InstanceNormalization`` (the exporter folds scale and shift into constants).
 
     ONNX export of ``torch.instance_norm`` gives the same node, but warns that an op "set to train=True" is exported
     in eval mode (instance norm always uses the input's statistics, so nothing is wrong); this records it directly.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """Normalise each channel of ``x`` over its spatial positions."""
-        return _instance_norm(x, eps)
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+        """Normalise each channel of ``x`` over its spatial positions, then scale and shift it."""
+        return _instance_norm(x, eps) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     @staticmethod
-    def symbolic(g, x, eps: float):
-        """The ONNX node (torch.onnx's hook for autograd Functions); the channel count is static in every export."""
-        from torch.onnx import symbolic_helper
-
-        channels = symbolic_helper._get_tensor_dim_size(x, 1)
-        scale = g.op("Constant", value_t=torch.ones(channels))
-        shift = g.op("Constant", value_t=torch.zeros(channels))
+    def symbolic(g, x, scale, shift, eps: float):
+        """The ONNX node (torch.onnx's hook for autograd Functions)."""
         return g.op("InstanceNormalization", x, scale, shift, epsilon_f=eps)
 
 
@@ -115,10 +111,15 @@ def ema_forward_traced(
     ones = torch.ones(groups, cg, 1, 1, dtype=x.dtype, device=x.device)
     att = F.conv2d(F.conv2d(x, kernel, padding=1, groups=c), ones, groups=groups).reshape(b, groups, 1, h * w)
 
-    # The GroupNorm of the gated input (one channel per group: an instance norm), its affine folded into the s2
-    # weights; the weighted biases and the 3x3 conv's bias (s1 . b3) are one constant per group.
+    # The GroupNorm of the gated input (one channel per group: an instance norm), weighted by s2 per group. The 3x3
+    # conv's bias adds s1 . b3 to the map: as s2 sums to one, it is part of the norm's bias. In ONNX the layer's
+    # affine is InstanceNormalization's (constant) scale and bias; elsewhere it is folded into the s2 weights.
     gated = x * torch.matmul(gate_h, gate_w)  # the gates' outer product: a matmul with inner size 1
-    norm = _InstanceNormONNX.apply(gated, eps) if torch.onnx.is_in_onnx_export() else _instance_norm(gated, eps)
-    att = att + torch.matmul(s2 * gamma, norm.reshape(b, groups, cg, h * w))
-    att = att + (torch.matmul(s2, beta.reshape(cg, 1)) + (s1 * b3).sum(0))
+    shift = beta + (s1 * b3).sum(0)
+    if torch.onnx.is_in_onnx_export():
+        norm = _InstanceNormONNX.apply(gated, gamma.repeat(groups), shift.repeat(groups), eps)
+        att = att + torch.matmul(s2, norm.reshape(b, groups, cg, h * w))
+    else:
+        norm = _instance_norm(gated, eps).reshape(b, groups, cg, h * w)
+        att = att + torch.matmul(s2 * gamma, norm) + torch.matmul(s2, shift.reshape(cg, 1))
     return (x.reshape(b, groups, cg, h * w) * torch.sigmoid(att)).reshape(b, c, h, w)
