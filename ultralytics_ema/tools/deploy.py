@@ -73,8 +73,11 @@ EXPORT = """
 import json, sys
 import ultralytics_ema
 from ultralytics import YOLO
-weights, imgsz, fmt, kwargs = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
-print("DEPLOY " + json.dumps({"path": str(YOLO(weights).export(format=fmt, imgsz=imgsz, device="cpu", **kwargs))}))
+weights, imgsz, fmt, kwargs, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+from ultralytics.engine.exporter import export_formats
+if "data" in dict(zip(export_formats()["Argument"], export_formats()["Arguments"]))[fmt]:
+    kwargs["data"] = data  # INT8 calibration
+print("DEPLOY " + json.dumps({"path": str(YOLO(weights).export(format=fmt, imgsz=imgsz, **kwargs))}))
 """
 
 # Runs in the format's Python: both exports through AutoBackend, timed in interleaved turns; prints the medians.
@@ -87,7 +90,7 @@ paths, imgsz, repeats = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[
 models = [AutoBackend(p, device=torch.device("cpu")) for p in paths]
 x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
 for m in models:
-    for _ in range(3):
+    for _ in range(10):  # TorchScript's profiling executor re-optimizes during the first calls
         m(x)
 times = [[], []]
 for i in range(repeats):
@@ -136,7 +139,9 @@ def run(python: str, code: str, args: list[str], cwd: Path, env: dict, log: Path
         )
         out = p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
-        out = f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s"
+        out = f"{e.stdout or ''}{e.stderr or ''}\nError: timed out after {timeout} s"
+    except OSError as e:  # e.g. no such interpreter
+        out = f"Error: {python}: {e}"
     with log.open("a") as f:
         f.write(f"\n$ {python} -c <{' '.join(args)[:300]}>\n{out}\n")
     lines = [line[7:] for line in out.splitlines() if line.startswith("DEPLOY ")]
@@ -156,7 +161,7 @@ def pythons(specs: list[str]) -> dict[str, str]:
         formats, sep, python = spec.partition("=")
         if not sep or not python:
             raise SystemExit(f"--python {spec!r}: expected FORMAT[,FORMAT...]=PATH_TO_PYTHON")
-        table.update(dict.fromkeys(formats.split(","), python))
+        table.update(dict.fromkeys(formats.split(","), os.path.abspath(python)))  # runs use other working folders
     return table
 
 
@@ -212,7 +217,7 @@ def latencies(rows: list, models: dict, python: dict, args: argparse.Namespace, 
         if fmt in ("-", "coreml"):
             continue
         exe = python.get(fmt, sys.executable)
-        paths = [run(exe, EXPORT, [str(w), str(args.imgsz), fmt, json.dumps(kwargs)], w.parent, env, log,
+        paths = [run(exe, EXPORT, [str(w), str(args.imgsz), fmt, json.dumps(kwargs), args.data], w.parent, env, log,
                      args.timeout)[0] for w in models.values()]  # fmt: skip
         ms = timed(exe, [p["path"] for p in paths], args, env, log) if all(paths) else None
         cells = [f"{ms[0]:.2f}", f"{ms[1]:.2f}", f"{ms[1] / ms[0]:.3f}"] if ms else ["export failed", "-", "-"]
@@ -238,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
 
-    wanted = {"fast": FAST, "all": [r[1] for r in ROWS]}.get(args.formats, args.formats.split(","))
+    wanted = {"fast": FAST, "all": [r[1] for r in ROWS if r[1] != "-"]}.get(args.formats, args.formats.split(","))
     unknown = set(wanted) - {r[1] for r in ROWS}
     if unknown:
         raise SystemExit(f"--formats: unknown format(s) {', '.join(sorted(unknown))}")
-    rows = [r for r in ROWS if r[1] in {"-", *wanted}]  # the PyTorch rows are the reference of the others
+    rows = [r for r in ROWS if r[1] in wanted]
+    nms = any(r[2].get("nms") for r in rows)
+    rows = [r for r in ROWS if r[1] == "-" and (nms or not r[2].get("nms"))] + rows  # the references of the others
     project = Path(args.project).resolve()
     env, log = environment(project), project / "deploy.log"
     models = {}
