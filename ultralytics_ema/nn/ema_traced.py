@@ -20,8 +20,8 @@ LiteRT and ExecuTorch via ``torch.export``):
   tap reads): two ``MatMul`` ops with ``(3, n)`` tap matrices built from the input's shape (constants in a static
   export); the column means are their middle row.
 
-Costs measured in ONNX Runtime on CPU, single thread, at YOLO11n's three EMA shapes: the gates' outer product is a
-``MatMul`` with inner size 1 (a third of a broadcasting ``Mul``), then one same-shape ``Mul`` gates the input;
+Costs measured in ONNX Runtime on CPU, single thread, at YOLO11n's three EMA shapes: in ONNX the gates' outer product
+is a ``MatMul`` with inner size 1 (a third of a broadcasting ``Mul``), then one same-shape ``Mul`` gates the input;
 ``InstanceNormalization`` costs less than the statistics from reductions (``ReduceSumSquare`` is slow) and, unlike
 ``E[y^2] - E[y]^2``, loses no precision on near-constant channels.
 
@@ -114,12 +114,14 @@ def ema_forward_traced(
     # The GroupNorm of the gated input (one channel per group: an instance norm), weighted by s2 per group. The 3x3
     # conv's bias adds s1 . b3 to the map: as s2 sums to one, it is part of the norm's bias. In ONNX the layer's
     # affine is InstanceNormalization's (constant) scale and bias; elsewhere it is folded into the s2 weights.
-    gated = x * torch.matmul(gate_h, gate_w)  # the gates' outer product: a matmul with inner size 1
     shift = beta + (s1 * b3).sum(0)
     if torch.onnx.is_in_onnx_export():
+        gated = x * torch.matmul(
+            gate_h, gate_w
+        )  # the gates' outer product as a matmul with inner size 1 (faster in ORT)
         norm = _InstanceNormONNX.apply(gated, gamma.repeat(groups), shift.repeat(groups), eps)
         att = att + torch.matmul(s2, norm.reshape(b, groups, cg, h * w))
-    else:
-        norm = _instance_norm(gated, eps).reshape(b, groups, cg, h * w)
-        att = att + torch.matmul(s2 * gamma, norm) + torch.matmul(s2, shift.reshape(cg, 1))
+    else:  # LiteRT's converter maps a batched matmul only to rank-3 outputs: broadcasts where it would get rank 4
+        norm = _instance_norm(x * (gate_h * gate_w), eps).reshape(b, groups, cg, h * w)
+        att = att + torch.matmul(s2 * gamma, norm) + (s2 * shift).sum(3, keepdim=True)
     return (x.reshape(b, groups, cg, h * w) * torch.sigmoid(att)).reshape(b, c, h, w)
