@@ -59,6 +59,18 @@ def valid_factors(channels: int) -> list[int]:
     return [d for d in range(1, channels + 1) if channels % d == 0]
 
 
+def _graph_capture() -> bool:
+    """Whether the call is being recorded as a graph: TorchScript tracing, ``torch.compile`` or ``torch.export``.
+
+    Graph capture runs on fake or symbolic tensors (no data pointers, no native kernels), so it records
+    :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, which is plain ops.
+    """
+    if torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return any(getattr(compiler, name, lambda: False)() for name in ("is_compiling", "is_exporting"))
+
+
 def _autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled`` takes it from torch 2.4 on)."""
     try:
@@ -145,7 +157,7 @@ class EMA(nn.Module):
 
         With gradients, :class:`EMAFunction` (a hand-written backward pass) is used; without them (inference) the
         forward pass alone. Both run in the native CPU kernels (float32 on CPU, where they build), else as PyTorch
-        ops. Tracing (TorchScript, ONNX export) records
+        ops. Tracing (TorchScript, ONNX export), ``torch.compile`` and ``torch.export`` record
         :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)
@@ -153,7 +165,7 @@ class EMA(nn.Module):
         if _autocast_enabled(x.device.type):  # mixed precision: compute in float32, return the input's dtype
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x.float()).to(x.dtype)
-        if torch.jit.is_tracing():
+        if _graph_capture():
             return ema_forward_traced(x, *params, self.groups, self.gn.eps)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
             return EMAFunction.apply(x, *params, self.groups, self.gn.eps)

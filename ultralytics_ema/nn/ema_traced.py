@@ -1,21 +1,32 @@
-"""The EMA forward pass as traced for TorchScript and ONNX export.
+"""The EMA forward pass as recorded for export: TorchScript, ONNX, ``torch.export`` and the converters built on them.
 
 See :mod:`ultralytics_ema.nn.ema` for the layer and the paper. :func:`ema_forward_traced` computes the same function as
-:func:`ultralytics_ema.nn.ema_function.ema_forward` (and the reference) with the same shortcuts, but in the ops that
-graph runtimes run best rather than those that suit PyTorch's eager CPU kernels. Measured in ONNX Runtime on CPU:
+:func:`ultralytics_ema.nn.ema_function.ema_forward` (and the reference) in a graph of plain ops that every converter
+Ultralytics uses knows (ONNX Runtime, OpenVINO, NCNN via PNNX, MNN, onnx2tf for TensorFlow/TFLite, x2paddle, CoreML,
+LiteRT and ExecuTorch via ``torch.export``):
 
-- the windows along rows (column 1: the row means) come from one 2-D ``MatMul``; the gates of the rows are computed
-  for all three columns, and the gates' outer product takes column 1 with a 0/1 vector, so no strided ``Gather``
-  copies the row means out;
-- the 3x3 window means never exist: the taps along columns are folded into the conv weights (a constant of the
-  weights and the image height), so one ``Gemm`` gives the s2 logits from the windows along rows;
-- the GroupNorm (one channel per group) is one ``InstanceNormalization`` whose scale and bias are the per-sample
-  ``s2 * gamma`` and ``s2 * beta`` (plus the s1-weighted conv bias): the s2-weighted channel sum is then a
-  ``ReduceSum``. ONNX Runtime's ``InstanceNormalization`` runs in one thread, so it does as little else as possible;
-- the s1-weighted 3x3 conv is a depthwise ``Conv`` and a ``ReduceSum`` over each group's channels.
+- the batch stays the leading axis of every tensor (the official layer folds it into ``b * factor``, which converters
+  that drop the batch axis, such as PNNX for NCNN, cannot follow), so exports keep a dynamic batch;
+- the per-group 1x1 and 3x3 convs of the pooled maps are grouped ``Conv`` ops with the weights repeated per group, on
+  ``(b, c, h, 1)``, ``(b, c, 1, w)`` and ``(b, c, 3, 3)`` maps;
+- the GroupNorm (one channel per group) is an instance norm whose affine depends on the weights only: in ONNX one
+  ``InstanceNormalization`` with constant scale and bias, elsewhere centred mean and variance reductions with the
+  affine folded into the second softmax's weights (x2paddle maps normalisation ops only with parameter affines); the
+  s2-weighted sum over each group's channels is one batched ``MatMul``;
+- the first softmax depends on the weights only, so the s1-weighted 3x3 conv is one depthwise ``Conv`` and a grouped
+  1x1 ``Conv`` of ones that adds up each group's channels; its bias goes into the norm's bias (s2 sums to one);
+- convs get no bias argument (biases are added), as x2paddle takes a conv bias only as a constant;
+- the s2 logits (the spatial means of the 3x3 conv) come from the 3x3 "window means" (the mean over the pixels each
+  tap reads): two ``MatMul`` ops with ``(3, n)`` tap matrices built from the input's shape (constants in a static
+  export); the column means are their middle row.
 
-It has no in-place or ``out=`` ops and no cached constants: the tap matrices are built from the input's shape, so
-the graph keeps dynamic batch and image sizes. Autograd differentiates it like any traced graph.
+Costs measured in ONNX Runtime on CPU, single thread, at YOLO11n's three EMA shapes: in ONNX the gates' outer product
+is a ``MatMul`` with inner size 1 (a third of a broadcasting ``Mul``), then one same-shape ``Mul`` gates the input;
+``InstanceNormalization`` costs less than the statistics from reductions (``ReduceSumSquare`` is slow) and, unlike
+``E[y^2] - E[y]^2``, loses no precision on near-constant channels.
+
+It has no in-place or ``out=`` ops, no data-dependent Python control flow and no cached constants, so it traces,
+scripts through ``torch.jit.trace``, exports with ``torch.export`` (symbolic shapes) and differentiates with autograd.
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ __all__ = ["ema_forward_traced"]
 
 
 class _InstanceNormONNX(torch.autograd.Function):
-    """``torch.instance_norm`` with per-channel scale and bias, recorded as one ONNX ``InstanceNormalization``.
+    """Instance norm with a per-channel scale and shift computed from the weights only, recorded as one ONNX
+    ``InstanceNormalization`` (the exporter folds scale and shift into constants).
 
     ONNX export of ``torch.instance_norm`` gives the same node, but warns that an op "set to train=True" is exported
     in eval mode (instance norm always uses the input's statistics, so nothing is wrong); this records it directly.
@@ -38,12 +50,20 @@ class _InstanceNormONNX(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
         """Normalise each channel of ``x`` over its spatial positions, then scale and shift it."""
-        return torch.instance_norm(x, scale, shift, None, None, True, 0.0, eps, False)
+        return _instance_norm(x, eps) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     @staticmethod
     def symbolic(g, x, scale, shift, eps: float):
         """The ONNX node (torch.onnx's hook for autograd Functions)."""
         return g.op("InstanceNormalization", x, scale, shift, epsilon_f=eps)
+
+
+def _instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Instance norm without affine, in plain reductions (centred, so as exact as the op): the TorchScript-based
+    converters differ in what they accept for ``instance_norm`` (x2paddle maps it only with parameter tensors as its
+    affine), every one of them maps means, products and ``rsqrt``."""
+    d = x - x.mean((2, 3), keepdim=True)
+    return d * torch.rsqrt((d * d).mean((2, 3), keepdim=True) + eps)
 
 
 def ema_forward_traced(
@@ -69,29 +89,39 @@ def ema_forward_traced(
     """
     b, c, h, w = x.shape
     cg = gamma.shape[0]
-    bg = b * groups
-    gx = x.reshape(bg, cg, h, w)
-    w1, b1 = w1.reshape(cg, cg), b1.reshape(cg, 1)
 
-    # Window means along rows, (row, tap) flattened; gates of all three taps of each row, and of the column means.
-    rows = torch.matmul(gx.reshape(-1, w), _taps(w, x.dtype, x.device).t()).reshape(bg, cg, h * 3)
-    gate_h = torch.sigmoid(torch.matmul(w1, rows) + b1).reshape(bg, cg, h, 3)
-    gate_w = torch.sigmoid(torch.matmul(w1, gx.mean(2)) + b1).unsqueeze(2)
-    middle = torch.eye(3, dtype=x.dtype, device=x.device)[:, 1:2]  # (3, 1): picks tap 1, the row mean
-    y = gx * torch.matmul(gate_h, middle * gate_w)
+    # Window means down the columns ((b, c, 3, w); row 1: the column means), then the 3x3 window means (b, c, 3, 3).
+    cols = torch.matmul(_taps(h, x.dtype, x.device), x)
+    windows = torch.matmul(cols, _taps(w, x.dtype, x.device).t())
 
-    # s2 logits: the conv weights with the taps along columns folded in, applied to the windows along rows.
-    w3_rows = torch.matmul(w3.transpose(2, 3), _taps(h, x.dtype, x.device)).transpose(2, 3).reshape(cg, -1)
-    s2 = torch.softmax(torch.addmm(b3, rows.reshape(bg, -1), w3_rows.t()), 1)
-    s1 = beta.softmax(0)
+    # Gates of rows and columns: the shared 1x1 conv as a grouped conv (weights repeated per group), then sigmoid.
+    # Biases are added, not passed to the convs: some converters (x2paddle) take a conv bias only as a constant.
+    w1g, b1g = w1.repeat(groups, 1, 1, 1), b1.repeat(groups).reshape(1, c, 1, 1)
+    gate_h = torch.sigmoid(F.conv2d(x.mean(3, keepdim=True), w1g, groups=groups) + b1g)  # (b, c, h, 1)
+    gate_w = torch.sigmoid(F.conv2d(cols[:, :, 1:2], w1g, groups=groups) + b1g)  # (b, c, 1, w)
 
-    # s1-weighted 3x3 conv (depthwise, then a group sum) plus the s2-weighted GroupNorm of the gated input.
-    kernel = (s1 @ w3.reshape(cg, -1)).reshape(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
-    att = F.conv2d(x, kernel, padding=1, groups=c).reshape(bg, cg, h * w).sum(1, keepdim=True)
-    scale, shift = (s2 * gamma).reshape(-1), (s2 * (beta + s1 @ b3)).reshape(-1)
+    # s2: softmax over each group's channels of the 3x3 conv's spatial means (a grouped conv of the window means).
+    logits = F.conv2d(windows, w3.repeat(groups, 1, 1, 1), groups=groups) + b3.repeat(groups).reshape(1, c, 1, 1)
+    s2 = torch.softmax(logits.reshape(b, groups, 1, cg), 3)  # (b, groups, 1, cg)
+
+    # s1 = softmax of the GroupNorm bias (the spatial mean of its output), a constant of the weights: the s1-weighted
+    # 3x3 conv is a depthwise conv, then a sum over each group's channels (a grouped 1x1 conv of ones).
+    s1 = torch.softmax(beta, 0)
+    kernel = (s1.reshape(cg, 1, 1, 1) * w3).sum(0).reshape(cg, 1, 3, 3).repeat(groups, 1, 1, 1)
+    ones = torch.ones(groups, cg, 1, 1, dtype=x.dtype, device=x.device)
+    att = F.conv2d(F.conv2d(x, kernel, padding=1, groups=c), ones, groups=groups).reshape(b, groups, 1, h * w)
+
+    # The GroupNorm of the gated input (one channel per group: an instance norm), weighted by s2 per group. The 3x3
+    # conv's bias adds s1 . b3 to the map: as s2 sums to one, it is part of the norm's bias. In ONNX the layer's
+    # affine is InstanceNormalization's (constant) scale and bias; elsewhere it is folded into the s2 weights.
+    shift = beta + (s1 * b3).sum(0)
     if torch.onnx.is_in_onnx_export():
-        norm = _InstanceNormONNX.apply(y.reshape(1, -1, h, w), scale, shift, eps)
-    else:  # torch.instance_norm, not F.instance_norm: the latter rejects a 1x1 map (whose result, the shift, is fine)
-        norm = torch.instance_norm(y.reshape(1, -1, h, w), scale, shift, None, None, True, 0.0, eps, False)
-    att = att + norm.reshape(bg, cg, h * w).sum(1, keepdim=True)
-    return (gx * torch.sigmoid(att).reshape(bg, 1, h, w)).reshape(b, c, h, w)
+        gated = x * torch.matmul(
+            gate_h, gate_w
+        )  # the gates' outer product as a matmul with inner size 1 (faster in ORT)
+        norm = _InstanceNormONNX.apply(gated, gamma.repeat(groups), shift.repeat(groups), eps)
+        att = att + torch.matmul(s2, norm.reshape(b, groups, cg, h * w))
+    else:  # LiteRT's converter maps a batched matmul only to rank-3 outputs: broadcasts where it would get rank 4
+        norm = _instance_norm(x * (gate_h * gate_w), eps).reshape(b, groups, cg, h * w)
+        att = att + torch.matmul(s2 * gamma, norm) + (s2 * shift).sum(3, keepdim=True)
+    return (x.reshape(b, groups, cg, h * w) * torch.sigmoid(att)).reshape(b, c, h, w)
