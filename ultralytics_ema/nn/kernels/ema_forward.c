@@ -61,7 +61,7 @@ static void gated_stats(const float *xo, const float *gh, const float *gw, int64
         squares += part;
     }
     *mean_out = mean;
-    *rstd_out = 1.0f / sqrtf((float)(squares / (double)hw) + eps);
+    *rstd_out = (float)(1.0 / sqrt(squares / (double)hw + (double)eps)); /* double: no approximate rsqrt */
 }
 
 /* att += the zero-padded 3x3 conv of one channel xi with kernel k (9 taps) plus scale * (y - mean), the channel's
@@ -95,7 +95,7 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
             const float wt = L->w1[o * cg + i], *restrict pi = sv->pooled + i * hpw;
             for (int64_t t = 0; t < hpw; t++) go[t] += wt * pi[t];
         }
-        sigmoid_inplace(go, hpw);
+        sigmoid_inplace(go, sv->gate_deriv ? sv->gate_deriv + o * hpw : NULL, hpw);
         for (int64_t j = 0; j < cg * 9; j++) s += L->w3[o * cg * 9 + j] * sv->windows[j];
         s2[o] = s;
     }
@@ -112,7 +112,7 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
         const float scale = s2[i] * L->gamma[i] * sv->rstd[i];
         add_channel(att, xg + i * hw, y + i * hw, L->kernel + i * 9, scale, sv->mean[i], zeros, h, w);
     }
-    sigmoid_inplace(att, hw);
+    sigmoid_inplace(att, sv->att_deriv, hw);
     for (int64_t i = 0; i < cg; i++) {
         const float *restrict xi = xg + i * hw;
         float *restrict oi = og + i * hw;
@@ -124,7 +124,7 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
 static Saved slice(const Saved *all, int64_t n, int64_t cg, int64_t h, int64_t w) {
     const Saved s = {all->att + n * h * w,   all->gates + n * cg * (h + w), all->pooled + n * cg * (h + w),
                      all->windows + n * cg * 9, all->s2 + n * cg,          all->mean + n * cg,
-                     all->rstd + n * cg};
+                     all->rstd + n * cg,       all->att_deriv + n * h * w,  all->gate_deriv + n * cg * (h + w)};
     return s;
 }
 
@@ -132,22 +132,21 @@ static Saved slice(const Saved *all, int64_t n, int64_t cg, int64_t h, int64_t w
 int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1, const float *w3, const float *b3,
                     const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h, int64_t w,
                     float eps, int threads, float *att, float *gates, float *pooled, float *windows, float *s2,
-                    float *mean, float *rstd) {
+                    float *mean, float *rstd, float *att_deriv, float *gate_deriv) {
     Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, eps, NULL, NULL, NULL};
-    const Saved keep = {att, gates, pooled, windows, s2, mean, rstd};
+    const Saved keep = {att, gates, pooled, windows, s2, mean, rstd, att_deriv, gate_deriv};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
     if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Saved scratch = {0};
-        float *y = malloc(sizeof(float) * cg * hw), *zeros = calloc(w, sizeof(float));
+        float *y = floats(cg * hw), *zeros = floats(w);
         failed = !y || !zeros;
+        if (zeros) memset(zeros, 0, sizeof(float) * (size_t)w);
         if (!keep.att) { /* inference: one thread's scratch memory, reused for each of its groups */
-            scratch = (Saved){malloc(sizeof(float) * hw),     malloc(sizeof(float) * cg * hpw),
-                              malloc(sizeof(float) * cg * hpw), malloc(sizeof(float) * cg * 9),
-                              malloc(sizeof(float) * cg),      malloc(sizeof(float) * cg),
-                              malloc(sizeof(float) * cg)};
+            scratch = (Saved){floats(hw), floats(cg * hpw), floats(cg * hpw), floats(cg * 9),
+                              floats(cg), floats(cg),       floats(cg)};
             failed = failed || !scratch.att || !scratch.gates || !scratch.pooled || !scratch.windows || !scratch.s2 ||
                      !scratch.mean || !scratch.rstd;
         }
@@ -157,8 +156,9 @@ int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1
             const Saved sv = keep.att ? slice(&keep, n, cg, h, w) : scratch;
             group_forward(&L, x + n * cg * hw, out + n * cg * hw, &sv, y, zeros);
         }
-        free(y), free(zeros), free(scratch.att), free(scratch.gates), free(scratch.pooled), free(scratch.windows);
-        free(scratch.s2), free(scratch.mean), free(scratch.rstd);
+        free_floats(y), free_floats(zeros), free_floats(scratch.att), free_floats(scratch.gates);
+        free_floats(scratch.pooled), free_floats(scratch.windows), free_floats(scratch.s2), free_floats(scratch.mean);
+        free_floats(scratch.rstd);
     }
     layer_free(&L);
     return failed ? -1 : 0;
