@@ -41,6 +41,8 @@ the layer traces and exports to ONNX with dynamic batch and image size.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -67,6 +69,27 @@ def _autocast_enabled(device_type: str) -> bool:
         if device_type == "cpu":
             return torch.is_autocast_cpu_enabled()
         return device_type == "cuda" and torch.is_autocast_enabled()
+
+
+def _compiling() -> bool:
+    """Whether torch.compile or torch.export (strict or not) traces this call: it must record plain PyTorch ops (no
+    data pointers, cached constants or ``out=`` ops), which :func:`ema_forward_traced` is made of."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    dynamo = getattr(torch, "_dynamo", None)  # torch 2.0
+    return bool(dynamo is not None and hasattr(dynamo, "is_compiling") and dynamo.is_compiling())
+
+
+class _Traced(nn.Module):
+    """Holds the traced graph of an :class:`EMA` for ``torch.jit.script`` (which compiles modules, not graphs)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.traced(x)
 
 
 class EMA(nn.Module):
@@ -105,6 +128,19 @@ class EMA(nn.Module):
         for name in _PARAMETERLESS:
             self._modules.pop(name, None)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of the layer: its traced graph.
+
+        The forward pass picks a compute path in Python, which TorchScript cannot compile; the traced graph records
+        :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, which runs any batch and image size (as in
+        ``yolo export format=torchscript``, which traces). Scripted models that contain the layer hold this graph.
+        """
+        weight = self.gn.weight
+        example = torch.zeros(1, self.gn.num_channels * self.groups, 4, 4, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)  # deprecation
+            return _Traced(torch.jit.trace(self, example, check_trace=False))
+
     def extra_repr(self) -> str:
         """Show channels and factor in ``print(model)``."""
         return f"channels={self.gn.num_channels * self.groups}, factor={self.groups}"
@@ -122,7 +158,7 @@ class EMA(nn.Module):
         if _autocast_enabled(x.device.type):  # mixed precision: compute in float32, return the input's dtype
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x.float()).to(x.dtype)
-        if torch.jit.is_tracing():
+        if torch.jit.is_tracing() or _compiling():
             return ema_forward_traced(x, *params, self.groups, self.gn.eps)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
             return EMAFunction.apply(x, *params, self.groups, self.gn.eps)
