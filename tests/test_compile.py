@@ -142,13 +142,18 @@ def test_whole_model_compile_time(tmp_path, capsys):
     assert seconds["yolo11n-ema"] <= 1.5 * seconds["yolo11n"], seconds
 
 
+COMPILED = "compile complete in"  # Ultralytics' line once torch.compile wrapped the model (it warns if it cannot)
+
+
 @pytest.mark.slow
 def test_yolo_train_and_predict_compile(tiny_data, tmp_path):
+    # On 2 CPU cores Inductor compiles the training step for about 10 minutes and the predictor for about 3.
     out = assert_ok(
         yolo("train", "model=yolo11n-ema.yaml", f"data={tiny_data}", *TINY_TRAIN, "compile=True", f"project={tmp_path}")
     )
-    assert "compile: starting torch.compile" in out and "torch.compile failed" not in out, out[-3000:]
+    assert COMPILED in out and "continuing uncompiled" not in out, out[-3000:]
     weights = next(tmp_path.rglob("best.pt"))
     images = tiny_data.parent / "images" / "val"
-    out = assert_ok(yolo("predict", f"model={weights}", f"source={images}", "imgsz=64", "compile=True", cwd=tmp_path))
-    assert "compile: starting torch.compile" in out and "torch.compile failed" not in out, out[-3000:]
+    args = (f"model={weights}", f"source={images}", "imgsz=64", "compile=True", f"project={tmp_path}")
+    out = assert_ok(yolo("predict", *args, cwd=tmp_path))
+    assert COMPILED in out and "continuing uncompiled" not in out and "8/8" in out, out[-3000:]

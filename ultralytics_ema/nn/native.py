@@ -112,9 +112,8 @@ def ema_forward_native(
     """EMA attention of ``x`` ``(b, c, h, w)`` by the native forward kernel (call only where :func:`applies`).
 
     Returns ``(output, saved)``: if ``keep``, ``saved`` is what :func:`ema_backward_native` reads (the contiguous
-    input, the sigmoid of the attention map, the gates, the row and column means, the window means, the second
-    softmax, the GroupNorm mean and rstd, the sigmoid's derivative at the map and at the gates' logits); else it is
-    empty.
+    input, the attention map's logits, the gates, the row and column means, the window means, the second softmax, the
+    GroupNorm mean and rstd, the sigmoid's derivative at the gates' logits); else it is empty.
     """
     b, c, h, w = x.shape
     bg, cg = b * groups, c // groups
@@ -123,10 +122,10 @@ def ema_forward_native(
     params = [p.detach().contiguous() for p in (w1, b1, w3, b3, gamma, beta)]
     kept = ()
     if keep:
-        sizes = [(h * w,), (cg, h + w), (cg, h + w), (cg * 9,), (cg,), (cg,), (cg,), (h * w,), (cg, h + w)]
+        sizes = [(h * w,), (cg, h + w), (cg, h + w), (cg * 9,), (cg,), (cg,), (cg,), (cg, h + w)]
         kept = tuple(x.new_empty(bg, *size) for size in sizes)
     status = library().ema_forward_f32(
-        *_pointers(x, out, *params), bg, cg, h, w, eps, torch.get_num_threads(), *(_pointers(*kept) or [None] * 9)
+        *_pointers(x, out, *params), bg, cg, h, w, eps, torch.get_num_threads(), *(_pointers(*kept) or [None] * 8)
     )
     _check(status, "forward pass", tuple(x.shape))
     return out, (x, *kept) if keep else ()

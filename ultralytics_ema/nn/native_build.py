@@ -55,8 +55,8 @@ OPTIONAL_FLAGS = (["-march=native", "-fopenmp"], ["-march=native"], [])
 # C signatures: tensors (pointers), then groups, channels per group, height, width, eps, threads.
 _POINTER, _SIZES = ctypes.c_void_p, [ctypes.c_int64] * 4
 ARGTYPES = {
-    "ema_forward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_float, ctypes.c_int] + [_POINTER] * 9,
-    "ema_backward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_float, ctypes.c_int] + [_POINTER] * 15,
+    "ema_forward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_float, ctypes.c_int] + [_POINTER] * 8,
+    "ema_backward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_float, ctypes.c_int] + [_POINTER] * 14,
 }
 DEFAULT_TIMEOUT = 30.0
 LOCK_NAME = ".ema_cpu.lock"
@@ -126,7 +126,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def _run(command: list[str], deadline: float) -> tuple[str, str | None]:
     """Run a compiler command until ``deadline`` (``time.monotonic()``); return ``(output, error)``, error None on
     success. Output goes to a file, not a pipe: a child that outlives a killed compiler cannot block the read."""
-    with tempfile.TemporaryFile(mode="w+") as output:
+    with tempfile.TemporaryFile() as output:
         try:
             proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -142,7 +142,7 @@ def _run(command: list[str], deadline: float) -> tuple[str, str | None]:
                 f"{command[0]} did not finish within {compile_timeout():g} s (killed; ULTRALYTICS_EMA_COMPILE_TIMEOUT)",
             )
         output.seek(0)
-        text = output.read()
+        text = output.read().decode(errors="replace")
     lines = text.strip().splitlines()
     return text, f"{command[0]} exited with {code}: {lines[0] if lines else 'no output'}" if code else None
 
@@ -187,7 +187,7 @@ def _open(library: Path) -> tuple[ctypes.CDLL | None, str | None]:
 
 def _fsync_file(path: Path) -> None:
     """Flush ``path``'s data to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
     finally:

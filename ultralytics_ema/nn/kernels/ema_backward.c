@@ -21,18 +21,22 @@ typedef struct {
 
 /* Scratch memory of one thread. */
 typedef struct {
-    float *d_att, *alpha, *slope, *d_windows, *d_pooled, *row;
+    float *d_att, *att, *att_deriv, *alpha, *slope, *d_windows, *d_pooled, *row;
 } Scratch;
 
-/* d_att = (sum_i grad_i * x_i) * sigmoid'(map), the gradient of the map before its sigmoid; returns its sum. */
-static double map_grad(const float *restrict gg, const float *restrict xg, const float *restrict att_deriv,
-                       float *restrict d_att, int64_t cg, int64_t hw) {
+/* From the map's logits: att = sigmoid(map) and d_att = (sum_i grad_i * x_i) * sigmoid'(map), the gradient of the map
+   before its sigmoid (deriv: scratch memory for hw values); returns the sum of d_att. Computed here from the logits
+   rather than kept by the forward pass: with 2 channels per group, reading one more map-sized array cost ~10%. */
+static double map_grad(const float *restrict gg, const float *restrict xg, const float *restrict map,
+                       float *restrict att, float *restrict deriv, float *restrict d_att, int64_t cg, int64_t hw) {
     double total = 0.0;
+    memcpy(att, map, sizeof(float) * (size_t)hw);
+    sigmoid_inplace(att, deriv, hw);
     for (int64_t p = 0; p < hw; p++) d_att[p] = 0.0f;
     for (int64_t i = 0; i < cg; i++)
         for (int64_t p = 0; p < hw; p++) d_att[p] += gg[i * hw + p] * xg[i * hw + p];
     for (int64_t p = 0; p < hw; p++) {
-        d_att[p] *= att_deriv[p];
+        d_att[p] *= deriv[p];
         total += d_att[p];
     }
     return total;
@@ -143,7 +147,7 @@ static void means_part(const float *dp, const float *dw, float *restrict dxo, in
 static void group_backward(const Layer *L, const float *gg, const float *xg, const Saved *sv, float *dxg,
                            const Grads *gr, const Scratch *sc) {
     const int64_t cg = L->cg, h = L->h, w = L->w, hw = h * w, hpw = h + w;
-    const double sum_d = map_grad(gg, xg, sv->att_deriv, sc->d_att, cg, hw);
+    const double sum_d = map_grad(gg, xg, sv->map, sc->att, sc->att_deriv, sc->d_att, cg, hw);
     const float mean_d = (float)(sum_d / (double)hw);
     *gr->sum_d = (float)sum_d;
     /* GroupNorm: q, then the softmax backward of d_s2 = gamma * hw * q + bias * sum_d. */
@@ -172,7 +176,7 @@ static void group_backward(const Layer *L, const float *gg, const float *xg, con
         /* sum_p dy * y = alpha * sum_p (d_att - mean_d - rstd^2 mean(u d_att) u) (u + mean), u = y - mean, is
            alpha * hw * mean(u d_att) * (1 - var * rstd^2) = alpha * hw * q * eps * rstd. */
         const double sum_dy_y = (double)sc->alpha[o] * (double)hw * gr->q[o] * L->eps * sv->rstd[o];
-        direct_part(gg + o * hw, xg + o * hw, sv->att, sc->d_att, gh, gh + h, sv->gate_deriv + o * hpw, sc->alpha[o],
+        direct_part(gg + o * hw, xg + o * hw, sc->att, sc->d_att, gh, gh + h, sv->gate_deriv + o * hpw, sc->alpha[o],
                     mean_d, sc->slope[o], sv->mean[o], sum_dy_y, sc->row, dxg + o * hw, dgh, dgh + h, h, w);
         conv_part(xg + o * hw, sc->d_att, L->kernel + o * 9, dxg + o * hw, gr->d_kernel + o * 9, h, w);
     }
@@ -191,8 +195,8 @@ static void group_backward(const Layer *L, const float *gg, const float *xg, con
 /* Returns 0, or -1 if memory for the scratch buffers is missing. Saved: as filled by ema_forward_f32. */
 int ema_backward_f32(const float *grad, const float *x, const float *w1, const float *b1, const float *w3,
                      const float *b3, const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h,
-                     int64_t w, float eps, int threads, float *att, float *gates, float *pooled, float *windows, float *s2,
-                     float *mean, float *rstd, float *att_deriv, float *gate_deriv, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
+                     int64_t w, float eps, int threads, float *map, float *gates, float *pooled, float *windows, float *s2,
+                     float *mean, float *rstd, float *gate_deriv, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
                      float *sum_d) {
     Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, eps, NULL, NULL, NULL};
     const int64_t hw = h * w, hpw = h + w;
@@ -200,19 +204,20 @@ int ema_backward_f32(const float *grad, const float *x, const float *w1, const f
     if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        Scratch sc = {floats(hw), floats(cg), floats(cg), floats(cg * 9), floats(cg * hpw), floats(w)};
-        failed = !sc.d_att || !sc.alpha || !sc.slope || !sc.d_windows || !sc.d_pooled || !sc.row;
+        Scratch sc = {floats(hw), floats(hw), floats(hw), floats(cg), floats(cg), floats(cg * 9), floats(cg * hpw),
+                      floats(w)};
+        failed = !sc.d_att || !sc.att || !sc.att_deriv || !sc.alpha || !sc.slope || !sc.d_windows || !sc.d_pooled ||
+                 !sc.row;
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < groups; n++) {
             if (failed) continue;
-            const Saved sv = {att + n * hw,       gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
-                              s2 + n * cg,        mean + n * cg,        rstd + n * cg,         att_deriv + n * hw,
-                              gate_deriv + n * cg * hpw};
+            const Saved sv = {map + n * hw, gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
+                              s2 + n * cg,  mean + n * cg,        rstd + n * cg,         gate_deriv + n * cg * hpw};
             const Grads gr = {d_kernel + n * cg * 9, d_gates + n * cg * hpw, d_logits + n * cg, q + n * cg, sum_d + n};
             group_backward(&L, grad + n * cg * hw, x + n * cg * hw, &sv, dx + n * cg * hw, &gr, &sc);
         }
-        free_floats(sc.d_att), free_floats(sc.alpha), free_floats(sc.slope), free_floats(sc.d_windows);
-        free_floats(sc.d_pooled), free_floats(sc.row);
+        free_floats(sc.d_att), free_floats(sc.att), free_floats(sc.att_deriv), free_floats(sc.alpha);
+        free_floats(sc.slope), free_floats(sc.d_windows), free_floats(sc.d_pooled), free_floats(sc.row);
     }
     layer_free(&L);
     return failed ? -1 : 0;

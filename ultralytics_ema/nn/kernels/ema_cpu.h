@@ -30,15 +30,14 @@ typedef struct {
 
 /* Per-group results of the forward pass that the backward pass reads, as (groups, ...) arrays. */
 typedef struct {
-    float *att;     /* (hw) sigmoid of the attention map */
+    float *map;     /* (hw) the attention map's logits (its sigmoid scales the output) */
     float *gates;   /* (cg, h + w) sigmoid of the 1x1 conv of the row and column means */
     float *pooled;  /* (cg, h + w) row means, then column means */
     float *windows; /* (cg, 9) means of the pixels that each 3x3 tap reads */
     float *s2;      /* (cg) softmax of the 3x3 conv output's spatial means */
     float *mean;    /* (cg) GroupNorm statistics of y = x * gate_h * gate_w */
     float *rstd;
-    float *att_deriv;  /* (hw) sigmoid'(map) = sigmoid(map) sigmoid(-map): the map's gradient is d(output) times it */
-    float *gate_deriv; /* (cg, h + w) sigmoid' of the gates' logits */
+    float *gate_deriv; /* (cg, h + w) sigmoid' of the gates' logits (see sigmoid_inplace) */
 } Saved;
 
 /* The kernels are compiled with -ffast-math -fno-finite-math-only (see native.py): sums may be reordered (vectorised
