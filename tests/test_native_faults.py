@@ -164,7 +164,7 @@ def other_architecture(data: bytes) -> bytes:
 
 
 @needs_kernel
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other architecture", "no record"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other architecture"])
 def test_damaged_cached_library_is_rebuilt(damage: str, tmp_path: Path):
     # Before: a truncated library killed every process with SIGBUS (exit 135) when mapped, with no message.
     library = session_library()
@@ -172,15 +172,14 @@ def test_damaged_cached_library_is_rebuilt(damage: str, tmp_path: Path):
     cache = tmp_path / "cache"
     cache.mkdir()
     target, record = cache / library.name, cache / f"{library.name}.sha256"
-    damaged = {
-        "truncated": data[:20000],
-        "garbage": os.urandom(len(data)),
-        "other architecture": other_architecture(data),
-        "no record": data,
-    }[damage]
-    target.write_bytes(damaged)
-    if damage != "no record":  # the other architecture's record matches: the loader, not the check, rejects it
-        record.write_text(record_of(damaged if damage == "other architecture" else data))
+    if damage == "truncated":
+        target.write_bytes(data[:20000])
+    elif damage == "garbage":
+        target.write_bytes(os.urandom(len(data)))
+    else:
+        target.write_bytes(other_architecture(data))
+    # The other architecture's record matches it: the loader, not the check, rejects that one.
+    record.write_text(record_of(target.read_bytes() if damage == "other architecture" else data))
     out = assert_ok(python(FIRST_CALL, env={"ULTRALYTICS_EMA_CACHE": str(cache)}))
     loaded, _, diff = result(out)
     assert loaded == "True" and float(diff) <= 1e-5
@@ -209,8 +208,8 @@ def test_hanging_compiler_is_killed_within_the_bound(hangs: str, tmp_path: Path)
     pids = tmp_path / "pids"
     hang = f"echo $$ >> {pids}; sleep 600 & echo $! >> {pids}; wait"  # the compiler and a child of it (cc1)
     version = '[ "$1" = --version ] && echo fake && exit 0\n' if hangs == "compile" else ""
-    cc, bound = fake_compiler(tmp_path, version + hang), 3
-    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "CC": str(cc), "ULTRALYTICS_EMA_COMPILE_TIMEOUT": "3"}
+    cc, bound = fake_compiler(tmp_path, version + hang), 2
+    env = {"ULTRALYTICS_EMA_CACHE": str(tmp_path / "cache"), "CC": str(cc), "ULTRALYTICS_EMA_COMPILE_TIMEOUT": "2"}
     out = assert_ok(python(FIRST_CALL, env=env))
     loaded, elapsed, diff = result(out)
     assert loaded == "False" and float(diff) <= 1e-5  # PyTorch ops
