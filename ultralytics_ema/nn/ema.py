@@ -28,8 +28,8 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.nn.ema_function
   its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
 - training uses a hand-written backward pass (:class:`~ultralytics_ema.nn.ema_function.EMAFunction`) with about a sixth
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
-- tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
-  (:mod:`ultralytics_ema.nn.ema_traced`);
+- tracing (TorchScript, ONNX export), torch.compile and torch.export record the same function in the ops that graph
+  runtimes run best (:mod:`ultralytics_ema.nn.ema_traced`); ``torch.jit.script`` compiles that traced graph;
 - in float32 on CPU, the forward pass and the backward pass each run as one C function, compiled on first use
   (:mod:`ultralytics_ema.nn.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches them off): they work through the input one
   channel group at a time, with the group's data in cache (the PyTorch ops above each pass over the whole input).
@@ -150,7 +150,7 @@ class EMA(nn.Module):
 
         With gradients, :class:`EMAFunction` (a hand-written backward pass) is used; without them (inference) the
         forward pass alone. Both run in the native CPU kernels (float32 on CPU, where they build), else as PyTorch
-        ops. Tracing (TorchScript, ONNX export) records
+        ops. Tracing (TorchScript, ONNX export), torch.compile and torch.export record
         :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, the same function in export-friendly ops.
         """
         params = (self.conv1x1.weight, self.conv1x1.bias, self.conv3x3.weight, self.conv3x3.bias)

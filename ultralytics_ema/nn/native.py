@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-from ultralytics_ema.nn.native_build import BuildError, cache_dir, load, log
+from ultralytics_ema.nn.native_build import cache_dir, load, log
 
 __all__ = ["applies", "cache_dir", "ema_backward_native", "ema_forward_native", "enabled", "library"]
 
@@ -53,7 +53,7 @@ def library() -> ctypes.CDLL | None:
             if "library" not in _state:
                 try:
                     _state["library"] = load()
-                except (BuildError, OSError) as e:
+                except Exception as e:  # BuildError, OSError, anything else: the layer must still run
                     _state["library"] = None
                     advice = "using PyTorch ops (ULTRALYTICS_EMA_NATIVE=0: no attempt)"
                     log("warning", f"native CPU kernels unavailable ({e}); {advice}")
