@@ -57,11 +57,8 @@ def check_compiled(backend: str, train: bool, dynamic: bool, monkeypatch) -> Non
     assert calls == []
 
 
-@pytest.mark.parametrize(
-    ("train", "dynamic"),
-    [(False, False), (True, False), (False, True), pytest.param(True, True, marks=pytest.mark.slow)],
-    ids=["eval-static", "train-static", "eval-dynamic", "train-dynamic"],
-)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_compile_fullgraph(train: bool, dynamic: bool, monkeypatch):
     check_compiled("aot_eager", train, dynamic, monkeypatch)
 

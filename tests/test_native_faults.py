@@ -164,7 +164,7 @@ def other_architecture(data: bytes) -> bytes:
 
 
 @needs_kernel
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other architecture"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other architecture", "no record"])
 def test_damaged_cached_library_is_rebuilt(damage: str, tmp_path: Path):
     # Before: a truncated library killed every process with SIGBUS (exit 135) when mapped, with no message.
     library = session_library()
@@ -176,10 +176,12 @@ def test_damaged_cached_library_is_rebuilt(damage: str, tmp_path: Path):
         target.write_bytes(data[:20000])
     elif damage == "garbage":
         target.write_bytes(os.urandom(len(data)))
-    else:
+    elif damage == "other architecture":
         target.write_bytes(other_architecture(data))
-    # The other architecture's record matches it: the loader, not the check, rejects that one.
-    record.write_text(record_of(target.read_bytes() if damage == "other architecture" else data))
+    else:  # a whole library without its record (copied in by hand, say)
+        target.write_bytes(data)
+    if damage != "no record":  # the other architecture's record matches it: the loader, not the check, rejects it
+        record.write_text(record_of(target.read_bytes() if damage == "other architecture" else data))
     out = assert_ok(python(FIRST_CALL, env={"ULTRALYTICS_EMA_CACHE": str(cache)}))
     loaded, _, diff = result(out)
     assert loaded == "True" and float(diff) <= 1e-5
