@@ -5,11 +5,12 @@ it builds), and without it, in PyTorch ops, with both ways of computing the Grou
 kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it). Calls with
 gradients run the same hand-written backward pass in all three.
 
-Tolerances: in float32, outputs, input gradients and parameter gradients agree with :class:`ReferenceEMA` to 1e-5,
-scaled by the tensor's largest entry where that exceeds 1. Parameter gradients are sums over every pixel of the batch,
-so their size and float32 rounding grow with the input (the reference's own float32 error against float64 is of the
-same order). In float64 both implementations agree to 1e-10: the fast forward pass is the same function, not an
-approximation. One degenerate case (1x1 maps, one channel per group) is compared with float64; see its test.
+Tolerances: in float32, outputs, input gradients and parameter gradients are compared with :class:`ReferenceEMA` in
+float64 and must be as close to it as the float32 reference is (``FACTOR``, ``PooledErrors``): a fixed tolerance
+against the float32 reference held on one CPU and failed on another. Simple checks (layouts, pickling, tracing)
+compare with the float32 reference to 1e-5. In float64 both implementations agree to 1e-10: the fast forward pass is
+the same function, not an approximation. One degenerate case (1x1 maps, one channel per group) is compared with
+float64; see its test.
 """
 
 from __future__ import annotations
