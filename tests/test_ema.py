@@ -5,11 +5,12 @@ it builds), and without it, in PyTorch ops, with both ways of computing the Grou
 kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it). Calls with
 gradients run the same hand-written backward pass in all three.
 
-Tolerances: in float32, outputs, input gradients and parameter gradients agree with :class:`ReferenceEMA` to 1e-5,
-scaled by the tensor's largest entry where that exceeds 1. Parameter gradients are sums over every pixel of the batch,
-so their size and float32 rounding grow with the input (the reference's own float32 error against float64 is of the
-same order). In float64 both implementations agree to 1e-10: the fast forward pass is the same function, not an
-approximation. One degenerate case (1x1 maps, one channel per group) is compared with float64; see its test.
+Tolerances: in float32, outputs, input gradients and parameter gradients are compared with :class:`ReferenceEMA` in
+float64 and must be as close to it as the float32 reference is (``FACTOR``, ``PooledErrors``): a fixed tolerance
+against the float32 reference held on one CPU and failed on another. Simple checks (layouts, pickling, tracing)
+compare with the float32 reference to 1e-5. In float64 both implementations agree to 1e-10: the fast forward pass is
+the same function, not an approximation. One degenerate case (1x1 maps, one channel per group) is compared with
+float64; see its test.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import warnings
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ultralytics_ema.nn import ema_function, native
 from ultralytics_ema.nn.ema import EMA, valid_factors
@@ -87,25 +89,133 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
+# "As exact as the float32 reference": against float64 (with exact sigmoid slopes, see ExactSigmoid), the RMS error
+# of every output and gradient is at most FACTOR times the float32 reference's, plus ULPS float32 ulps of the tensor's
+# largest value (for tensors that both compute to within rounding of zero). The float32 reference's error is taken over
+# several summation orders (float32_references): a parameter gradient is a sum over all pixels, whose rounding error is
+# a random draw, and two draws differ by any factor (their ratio is Cauchy-distributed); the RMS over four orders is
+# a stable yardstick. Measured on an AMD EPYC (AVX-512), the kernels' errors were 0.1-1.3 times it, pooled over inputs.
+FACTOR, ULPS = 3.0, 4.0
+
+
+class ExactSigmoid(torch.autograd.Function):
+    """``torch.sigmoid`` whose backward pass computes sigmoid(x) * sigmoid(-x): autograd's sigmoid(x) * (1 -
+    sigmoid(x)) is 0 once sigmoid(x) rounds to 1 (x > 37 in float64), where the kernels compute the true slope."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        """sigmoid(x), keeping x."""
+        ctx.save_for_backward(x)
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        """grad * sigmoid(x) * sigmoid(-x)."""
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x) * torch.sigmoid(-x)
+
+
+class exact_sigmoid(TorchFunctionMode):
+    """Run the block with :class:`ExactSigmoid` in place of every ``sigmoid`` that autograd records."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.sigmoid, torch.Tensor.sigmoid) and torch.is_grad_enabled():
+            return ExactSigmoid.apply(*args)
+        return func(*args, **(kwargs or {}))
+
+
+def float64_results(ref64: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None) -> dict:
+    """Output (and, with ``grad_out``, gradients) of the float64 reference with exact sigmoid slopes."""
+    if grad_out is None:
+        with torch.no_grad():
+            return {"out": ref64(x.double())}
+    with exact_sigmoid():
+        return run_with_grads(ref64, x.double(), grad_out.double())
+
+
+def float32_references(ref32: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None) -> list[dict]:
+    """Results of the float32 reference with its sums in other orders: on ``x`` as given, in channels_last memory,
+    with the channel groups and with the batch in reverse order (the same function; results put back in order)."""
+    b, c, h, w = x.shape
+    groups = ref32.groups
+    orders = [
+        lambda t: t,
+        lambda t: t.contiguous(memory_format=torch.channels_last),
+        lambda t: t.reshape(b, groups, c // groups, h, w).flip(1).reshape(b, c, h, w),
+        lambda t: t.flip(0),
+    ]
+    runs = []
+    for order in orders:
+        if grad_out is None:
+            with torch.no_grad():
+                result = {"out": ref32(order(x))}
+        else:
+            result = run_with_grads(ref32, order(x), order(grad_out))
+        runs.append({k: order(v) if k in ("out", "x.grad") else v for k, v in result.items()})
+    return runs
+
+
+class PooledErrors:
+    """Squared errors against the float64 reference, summed over inputs: of the tested results, of the float32
+    reference's (averaged over its orders), and the squares of ``ULPS`` float32 ulps of each tensor's largest value."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, got: dict, refs32: list[dict], ref64: dict) -> None:
+        """Add one input's results; first check that each tensor of ``got`` is non-finite (NaN) exactly where the
+        float64 reference is."""
+        for name, want in ref64.items():
+            finite = torch.isfinite(want)
+            assert torch.equal(torch.isfinite(got[name]), finite), f"{name}: non-finite where the reference is not"
+            assert torch.equal(torch.isnan(got[name]), torch.isnan(want)), f"{name}: NaN where the reference has none"
+            if not finite.any():
+                continue
+            ulps = ULPS * torch.finfo(torch.float32).eps * want[finite].abs().max().item()
+            sums = self.sums.setdefault(name, [0.0, 0.0, 0.0, 0])
+            sums[0] += (got[name][finite].double() - want[finite]).square().sum().item()
+            for ref in refs32:
+                sums[1] += (ref[name][finite].double() - want[finite]).square().sum().item() / len(refs32)
+            sums[2] += ulps**2 * finite.sum().item()
+            sums[3] += finite.sum().item()
+
+    def check(self) -> None:
+        """Assert that the RMS error is at most ``FACTOR`` times the float32 reference's, plus the ulps."""
+        for name, (*sums, count) in self.sums.items():
+            got, ref32, ulps = ((total / count) ** 0.5 for total in sums)
+            assert got <= FACTOR * ref32 + ulps, f"{name}: RMS error {got:.3g}, float32 reference's {ref32:.3g}"
+
+
+def assert_as_exact_as_float32(
+    got: dict, ref32: torch.nn.Module, ref64: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None = None
+) -> None:
+    """Assert that ``got`` (the output, and with ``grad_out`` the gradients, of ``(layer(x) * grad_out).sum()``) is
+    as exact as the float32 reference (see ``FACTOR``)."""
+    errors = PooledErrors()
+    errors.add(got, float32_references(ref32, x, grad_out), float64_results(ref64, x, grad_out))
+    errors.check()
+
+
 @pytest.mark.parametrize("init", ["default", "random"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(("shape", "factor"), CASES, ids=IDS)
 def test_matches_reference_float32(shape: tuple, factor: int, train: bool, init: str, path: str):
     fast, ref = make_pair(shape[1], factor, init)
-    fast.train(train)
-    ref.train(train)
+    _, ref64 = make_pair(shape[1], factor, init, dtype=torch.float64)
+    for m in (fast, ref, ref64):
+        m.train(train)
     torch.manual_seed(1)
     x, grad_out = torch.randn(shape), torch.randn(shape)
-    got, want = run_with_grads(fast, x, grad_out), run_with_grads(ref, x, grad_out)
+    got = run_with_grads(fast, x, grad_out)
     with torch.no_grad():
         got["out, no_grad"] = fast(x)
-    want["out, no_grad"] = want["out"]
-    assert got.keys() == want.keys()
     assert got["out"].shape == x.shape
-    for name, value in want.items():
-        scale = max(1.0, value.abs().max().item())
-        tol = 1e-5 * scale
-        assert max_abs_diff(got[name], value) <= tol, f"{name}: |diff| {max_abs_diff(got[name], value):.3g} > {tol:.3g}"
+    refs32, want = float32_references(ref, x, grad_out), float64_results(ref64, x, grad_out)
+    for results in (*refs32, want):
+        results["out, no_grad"] = results["out"]
+    errors = PooledErrors()
+    errors.add(got, refs32, want)
+    errors.check()
 
 
 @pytest.mark.parametrize("init", ["default", "random"])

@@ -28,8 +28,8 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.nn.ema_function
   its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
 - training uses a hand-written backward pass (:class:`~ultralytics_ema.nn.ema_function.EMAFunction`) with about a sixth
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
-- tracing (TorchScript, ONNX export) records the same function in the ops that graph runtimes run best
-  (:mod:`ultralytics_ema.nn.ema_traced`);
+- tracing (TorchScript, ONNX export), torch.compile and torch.export record the same function in the ops that graph
+  runtimes run best (:mod:`ultralytics_ema.nn.ema_traced`); ``torch.jit.script`` compiles that traced graph;
 - in float32 on CPU, the forward pass and the backward pass each run as one C function, compiled on first use
   (:mod:`ultralytics_ema.nn.native`; ``ULTRALYTICS_EMA_NATIVE=0`` switches them off): they work through the input one
   channel group at a time, with the group's data in cache (the PyTorch ops above each pass over the whole input).
@@ -40,6 +40,8 @@ the layer traces and exports to ONNX with dynamic batch and image size.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -60,15 +62,19 @@ def valid_factors(channels: int) -> list[int]:
 
 
 def _graph_capture() -> bool:
-    """Whether the call is being recorded as a graph: TorchScript tracing, ``torch.compile`` or ``torch.export``.
+    """Whether the call is being recorded as a graph: TorchScript tracing, ``torch.compile`` or ``torch.export``
+    (strict or not).
 
     Graph capture runs on fake or symbolic tensors (no data pointers, no native kernels), so it records
-    :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, which is plain ops.
+    :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, which is plain ops (no cached constants, no ``out=``).
     """
     if torch.jit.is_tracing():
         return True
     compiler = getattr(torch, "compiler", None)
-    return any(getattr(compiler, name, lambda: False)() for name in ("is_compiling", "is_exporting"))
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()
+    dynamo = getattr(torch, "_dynamo", None)  # torch 2.0
+    return bool(dynamo is not None and hasattr(dynamo, "is_compiling") and dynamo.is_compiling())
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -94,6 +100,17 @@ def factor_error(channels: int, factor: object) -> str | None:
         valid = ", ".join(map(str, valid_factors(channels)))
         return f"factor must be a positive divisor of channels; valid factors for {channels} channels: {valid}"
     return None
+
+
+class _Traced(nn.Module):
+    """Holds the traced graph of an :class:`EMA` for ``torch.jit.script`` (which compiles modules, not graphs)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.traced(x)
 
 
 class EMA(nn.Module):
@@ -147,6 +164,19 @@ class EMA(nn.Module):
         super().__setstate__(state)
         for name in _PARAMETERLESS:
             self._modules.pop(name, None)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of the layer: its traced graph.
+
+        The forward pass picks a compute path in Python, which TorchScript cannot compile; the traced graph records
+        :func:`~ultralytics_ema.nn.ema_traced.ema_forward_traced`, which runs any batch and image size (as in
+        ``yolo export format=torchscript``, which traces). Scripted models that contain the layer hold this graph.
+        """
+        weight = self.gn.weight
+        example = torch.zeros(1, self.gn.num_channels * self.groups, 4, 4, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)  # deprecation
+            return _Traced(torch.jit.trace(self, example, check_trace=False))
 
     def extra_repr(self) -> str:
         """Show channels and factor in ``print(model)``."""

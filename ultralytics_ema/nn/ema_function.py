@@ -196,6 +196,20 @@ def parameter_grads(
     return d_w1, d_b1, d_w3, d_b3, d_gamma, d_beta
 
 
+def _match_gate_sums(d_gates: torch.Tensor, gates: torch.Tensor, sum_dy_y: torch.Tensor, h: int) -> None:
+    """Correct the gates' gradients ``(bg, cg, h + w)`` (before the sigmoid) in place along the gates, so that the
+    row gates' and the column gates' gradient, each weighted by its gates, add up to ``sum_dy_y``, as they do exactly.
+
+    Both weighted sums are sum_p dy * y (dy: the GroupNorm input's gradient), which the GroupNorm's invariance to
+    scaling makes alpha * hw * q * eps * rstd, far below its terms: in float32 their rounding errors along the gates
+    would dominate the 1x1 conv's bias gradient (the sum of the gates' gradients), up to ~10x the reference's error.
+    """
+    for part, g in ((d_gates[..., :h], gates[..., :h]), (d_gates[..., h:], gates[..., h:])):
+        norm = g.square().sum(-1)
+        shift = torch.where(norm > 0, (sum_dy_y - (g * part).sum(-1)) / norm, 0.0)  # all gates 0: nothing to fix
+        part.addcmul_(g, shift.unsqueeze(-1))
+
+
 class EMAFunction(torch.autograd.Function):
     """:func:`ema_forward` with a hand-written backward pass (first derivatives only).
 
@@ -206,7 +220,7 @@ class EMAFunction(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w3, b3, gamma, beta, groups: int, eps: float):
         """Run :func:`ema_forward` (or the native kernel) and keep what :meth:`backward` needs."""
         params = (w1, b1, w3, b3, gamma, beta)
-        ctx.groups, ctx.shape, ctx.native = groups, x.shape, native.applies(x, params)
+        ctx.groups, ctx.eps, ctx.shape, ctx.native = groups, eps, x.shape, native.applies(x, params)
         if ctx.native:
             out, saved = native.ema_forward_native(x, *params, groups, eps, keep=True)
             ctx.save_for_backward(*params, *saved)
@@ -271,6 +285,7 @@ class EMAFunction(torch.autograd.Function):
             [(dyx @ gate_w.reshape(-1, w, 1)).view(bg, cg, h), (gate_h.reshape(-1, 1, h) @ dyx).view(bg, cg, w)], 2
         )
         del dyx, dy
+        _match_gate_sums(d_gates, gates, alpha * q * (hw * ctx.eps) * rstd, h)
         d_gates.mul_(gates).mul_(1 - gates)  # sigmoid backward: gradient of the 1x1 conv's output
         d_pooled = torch.matmul(w1.t(), d_gates)  # (bg, cg, h + w)
 
@@ -303,7 +318,7 @@ class EMAFunction(torch.autograd.Function):
         """:meth:`backward` by the native kernel, from what :func:`native.ema_forward_native` kept."""
         w1, b1, w3, b3, gamma, beta, *saved = ctx.saved_tensors
         dx, d_kernel, d_gates, d_logits, q, sum_d = native.ema_backward_native(
-            grad, (w1, b1, w3, b3, gamma, beta), saved, ctx.groups
+            grad, (w1, b1, w3, b3, gamma, beta), saved, ctx.groups, ctx.eps
         )
         pooled, windows, s2 = saved[3], saved[4], saved[5]
         s1 = beta.softmax(0)

@@ -1,53 +1,43 @@
 """The native CPU kernels of the EMA layer (``kernels/*.c``), compiled on first use and called through ctypes.
 
-For float32 tensors on CPU (not while tracing or compiling), the layer's forward pass and
+For float32 tensors on CPU (not while tracing, compiling or exporting), the layer's forward pass and
 :class:`~ultralytics_ema.nn.ema_function.EMAFunction`'s backward pass each run as one C function that works through the
 input one channel group at a time, so a group's data stays in cache between its passes. They compute the same
-functions as :func:`~ultralytics_ema.nn.ema_function.ema_forward` and ``EMAFunction.backward``.
+functions as :func:`~ultralytics_ema.nn.ema_function.ema_forward` and ``EMAFunction.backward``, and are as exact as
+the float32 reference on every input (``tests/test_native_faults.py``).
 
-Build: the first such call compiles the sources with the C compiler in ``$CC`` (else ``cc``), optimised for this CPU,
-with OpenMP where the compiler has it (it shares the OpenMP runtime PyTorch loaded and uses
-``torch.get_num_threads()`` threads). The library is cached in ``$ULTRALYTICS_EMA_CACHE`` (default
-``~/.cache/ultralytics_ema``) under a name derived from the source, the compiler, its flags and the CPU's features;
-it is written to a temporary name and renamed, so concurrent processes never load a half-written file.
+Build: the first such call in a process builds or loads the kernels (:mod:`ultralytics_ema.nn.native_build`: a
+verified cache in ``$ULTRALYTICS_EMA_CACHE``, default ``~/.cache/ultralytics_ema``, and a bounded compile); threads
+that call at once wait for that one build. They use ``torch.get_num_threads()`` threads (OpenMP).
 
-Switch: ``ULTRALYTICS_EMA_NATIVE=0`` turns the kernels off (PyTorch ops run instead). Without a working compiler
-one warning is logged and PyTorch ops run.
+Switch: ``ULTRALYTICS_EMA_NATIVE=0`` turns the kernels off (PyTorch ops run instead). If they are unavailable (no
+compiler, a failed or timed-out compile, no writable folder) one warning is logged and PyTorch ops run.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import threading
 
 import torch
 
-__all__ = ["applies", "ema_backward_native", "ema_forward_native", "library"]
+from ultralytics_ema.nn.native_build import cache_dir, load, log
 
-KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "ema_forward.c", KERNELS / "ema_backward.c")
-HEADERS = (KERNELS / "ema_cpu.h",)
-# -ffast-math lets the compiler vectorise expf and the reductions. It is given to the compile step only: linked with it,
-# GCC adds start-up code that makes the whole process flush subnormal floats to zero. No fused multiply-adds: they
-# would round y * d differently in two places where the kernels rely on equal roundings (1x1 maps).
-BASE_FLAGS = ["-O3", "-ffast-math", "-ffp-contract=off", "-fPIC"]
-# Tried in order until one compiles: this CPU's instruction set and OpenMP, then without either.
-OPTIONAL_FLAGS = (["-march=native", "-fopenmp"], ["-march=native"], [])
-# C signatures: tensors (pointers), then groups, channels per group, height, width, then eps (forward), threads.
-_POINTER, _SIZES = ctypes.c_void_p, [ctypes.c_int64] * 4
-_ARGTYPES = {
-    "ema_forward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_float, ctypes.c_int] + [_POINTER] * 7,
-    "ema_backward_f32": [_POINTER] * 8 + _SIZES + [ctypes.c_int] + [_POINTER] * 13,
-}
-_state: dict = {}  # "library": the loaded kernels, or None once a build has failed in this process
+__all__ = ["applies", "cache_dir", "ema_backward_native", "ema_forward_native", "enabled", "library"]
+
+_state: dict = {}  # "library": the loaded kernels, or None once they were found unavailable in this process
+_lock = threading.Lock()  # one build per process
+
+
+def _new_lock() -> None:
+    """A forked child starts with a free lock (its parent may have held it while forking)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock)
 
 
 def enabled() -> bool:
@@ -55,107 +45,18 @@ def enabled() -> bool:
     return os.environ.get("ULTRALYTICS_EMA_NATIVE", "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
-def cache_dir() -> Path:
-    """``$ULTRALYTICS_EMA_CACHE``, else ``$XDG_CACHE_HOME/ultralytics_ema`` (default ``~/.cache/ultralytics_ema``)."""
-    if os.environ.get("ULTRALYTICS_EMA_CACHE"):
-        return Path(os.environ["ULTRALYTICS_EMA_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ultralytics_ema"
-
-
-def _cpu_features() -> str:
-    """What sets the instruction set ``-march=native`` compiles for: CPU flags on Linux, else the processor name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
-
-
-def _run(command: list[str]) -> str | None:
-    """Run a compiler command; return its first error line, or None if it succeeded."""
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{command[0]}: {e}"
-    lines = (proc.stderr or proc.stdout).strip().splitlines()
-    return (
-        f"{command[0]} exited with {proc.returncode}: {lines[0] if lines else 'no output'}" if proc.returncode else None
-    )
-
-
-def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
-    """Compile and link :data:`SOURCES` into ``target`` via temporary files in its folder; return an error or None."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    objects = [Path(f"{tmp}.{i}.o") for i in range(len(SOURCES))]
-    link_flags = [f for f in flags if f == "-fopenmp"]
-    try:
-        for source, obj in zip(SOURCES, objects):
-            error = _run([compiler, *BASE_FLAGS, *flags, "-c", str(source), "-o", str(obj)])
-            if error:
-                return error
-        error = _run([compiler, "-shared", *link_flags, *map(str, objects), "-o", tmp, "-lm"])
-        if error is None:
-            os.replace(tmp, target)
-        return error
-    finally:
-        for path in (Path(tmp), *objects):
-            path.unlink(missing_ok=True)
-
-
-def _build() -> Path:
-    """Return the cached library for this source, compiler and CPU, compiling it first if needed."""
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler {compiler!r} on PATH (set CC to one)")
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    ).stdout
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    source, cpu = "".join(p.read_text() for p in (*HEADERS, *SOURCES)), _cpu_features()
-    targets = []
-    for flags in OPTIONAL_FLAGS:
-        key = "\n".join([source, compiler, version, " ".join(BASE_FLAGS + flags), cpu])
-        targets.append(folder / f"ema_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}")
-    for target in targets:
-        if target.exists():
-            return target
-    errors = []
-    for flags, target in zip(OPTIONAL_FLAGS, targets):
-        start = time.perf_counter()
-        error = _compile(compiler, flags, target)
-        if error is None:
-            _log("info", f"compiled the native CPU kernels in {time.perf_counter() - start:.1f} s: {target}")
-            return target
-        errors.append(error)
-    raise RuntimeError(errors[0])
-
-
-def _log(level: str, message: str) -> None:
-    """Log through Ultralytics' logger, naming the layer (not Ultralytics' ModelEMA)."""
-    from ultralytics.utils import LOGGER
-
-    getattr(LOGGER, level)(f"EMA attention layer: {message}")
-
-
 def library() -> ctypes.CDLL | None:
-    """The kernels, built and loaded on first call; None if that failed (logged once per process)."""
+    """The kernels, built or loaded by the first call of the process (the others wait for it); None if unavailable
+    (logged once per process)."""
     if "library" not in _state:
-        try:
-            lib = ctypes.CDLL(str(_build()))
-            for name, argtypes in _ARGTYPES.items():
-                getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, ctypes.c_int
-            _state["library"] = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
-            _state["library"] = None
-            _log(
-                "warning",
-                f"native CPU kernels unavailable ({e}); using PyTorch ops (ULTRALYTICS_EMA_NATIVE=0: no attempt)",
-            )
+        with _lock:
+            if "library" not in _state:
+                try:
+                    _state["library"] = load()
+                except Exception as e:  # BuildError, OSError, anything else: the layer must still run
+                    _state["library"] = None
+                    advice = "using PyTorch ops (ULTRALYTICS_EMA_NATIVE=0: no attempt)"
+                    log("warning", f"native CPU kernels unavailable ({e}); {advice}")
     return _state["library"]
 
 
@@ -211,8 +112,8 @@ def ema_forward_native(
     """EMA attention of ``x`` ``(b, c, h, w)`` by the native forward kernel (call only where :func:`applies`).
 
     Returns ``(output, saved)``: if ``keep``, ``saved`` is what :func:`ema_backward_native` reads (the contiguous
-    input, the sigmoid of the attention map, the gates, the row and column means, the window means, the second
-    softmax, the GroupNorm mean and rstd); else it is empty.
+    input, the attention map's logits, the gates, the row and column means, the window means, the second softmax, the
+    GroupNorm mean and rstd, the sigmoid's derivative at the gates' logits); else it is empty.
     """
     b, c, h, w = x.shape
     bg, cg = b * groups, c // groups
@@ -221,17 +122,17 @@ def ema_forward_native(
     params = [p.detach().contiguous() for p in (w1, b1, w3, b3, gamma, beta)]
     kept = ()
     if keep:
-        sizes = [(h * w,), (cg, h + w), (cg, h + w), (cg * 9,), (cg,), (cg,), (cg,)]
+        sizes = [(h * w,), (cg, h + w), (cg, h + w), (cg * 9,), (cg,), (cg,), (cg,), (cg, h + w)]
         kept = tuple(x.new_empty(bg, *size) for size in sizes)
     status = library().ema_forward_f32(
-        *_pointers(x, out, *params), bg, cg, h, w, eps, torch.get_num_threads(), *(_pointers(*kept) or [None] * 7)
+        *_pointers(x, out, *params), bg, cg, h, w, eps, torch.get_num_threads(), *(_pointers(*kept) or [None] * 8)
     )
     _check(status, "forward pass", tuple(x.shape))
     return out, (x, *kept) if keep else ()
 
 
 def ema_backward_native(
-    grad: torch.Tensor, params: tuple[torch.Tensor, ...], saved: tuple[torch.Tensor, ...], groups: int
+    grad: torch.Tensor, params: tuple[torch.Tensor, ...], saved: tuple[torch.Tensor, ...], groups: int, eps: float
 ) -> tuple[torch.Tensor, ...]:
     """Backward pass of :func:`ema_forward_native` for the output gradient ``grad``.
 
@@ -240,6 +141,7 @@ def ema_backward_native(
         params: ``(w1, b1, w3, b3, gamma, beta)`` of the forward pass.
         saved: ``saved`` of the forward pass (``keep=True``).
         groups: The layer's factor.
+        eps: The GroupNorm's epsilon.
 
     Returns:
         ``(dx, d_kernel, d_gates, d_logits, q, sum_d)``: the input gradient and, per group, the gradients of the
@@ -254,7 +156,7 @@ def ema_backward_native(
     outputs = [x.new_empty(bg, *size) for size in [(cg * 9,), (cg, h + w), (cg,), (cg,), ()]]
     params = [p.detach().contiguous() for p in params]
     status = library().ema_backward_f32(
-        *_pointers(grad, x, *params), bg, cg, h, w, torch.get_num_threads(), *_pointers(*kept, dx, *outputs)
+        *_pointers(grad, x, *params), bg, cg, h, w, eps, torch.get_num_threads(), *_pointers(*kept, dx, *outputs)
     )
     _check(status, "backward pass", tuple(x.shape))
     return (dx, *outputs)

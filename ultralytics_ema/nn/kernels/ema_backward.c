@@ -21,42 +21,59 @@ typedef struct {
 
 /* Scratch memory of one thread. */
 typedef struct {
-    float *d_att, *alpha, *slope, *d_windows, *d_pooled, *row;
+    float *d_att, *att, *att_deriv, *alpha, *slope, *d_windows, *d_pooled, *row;
 } Scratch;
 
-/* d_att = (sum_i grad_i * x_i) * att * (1 - att), the gradient of the map before its sigmoid; returns its sum. */
-static double map_grad(const float *restrict gg, const float *restrict xg, const float *restrict att,
-                       float *restrict d_att, int64_t cg, int64_t hw) {
+/* From the map's logits: att = sigmoid(map) and d_att = (sum_i grad_i * x_i) * sigmoid'(map), the gradient of the map
+   before its sigmoid (deriv: scratch memory for hw values); returns the sum of d_att. Computed here from the logits
+   rather than kept by the forward pass: with 2 channels per group, reading one more map-sized array cost ~10%. */
+static double map_grad(const float *restrict gg, const float *restrict xg, const float *restrict map,
+                       float *restrict att, float *restrict deriv, float *restrict d_att, int64_t cg, int64_t hw) {
     double total = 0.0;
+    memcpy(att, map, sizeof(float) * (size_t)hw);
+    sigmoid_inplace(att, deriv, hw);
     for (int64_t p = 0; p < hw; p++) d_att[p] = 0.0f;
     for (int64_t i = 0; i < cg; i++)
         for (int64_t p = 0; p < hw; p++) d_att[p] += gg[i * hw + p] * xg[i * hw + p];
     for (int64_t p = 0; p < hw; p++) {
-        d_att[p] *= att[p] * (1.0f - att[p]);
+        d_att[p] *= deriv[p];
         total += d_att[p];
     }
     return total;
 }
 
-/* sum_p y_p * d_att_p for one channel, y = x * gate_h * gate_w (row: scratch memory for w values). */
-static double gated_dot(const float *xo, const float *gh, const float *gw, const float *restrict d_att,
+/* sum_p (y_p - mean) * d_att_p for one channel, y = x * gate_h * gate_w (row: scratch memory for w values). Centred:
+   sum_p y_p d_att_p - mean * sum_p d_att_p would cancel where the channel is near-constant. */
+static double gated_dot(const float *xo, const float *gh, const float *gw, float mean, const float *restrict d_att,
                         float *restrict row, int64_t h, int64_t w) {
     double total = 0.0;
     for (int64_t r = 0; r < h; r++) {
         ema_gated_row(xo + r * w, gh[r], gw, row, w);
         float part = 0.0f;
-        for (int64_t c = 0; c < w; c++) part += row[c] * d_att[r * w + c];
+        for (int64_t c = 0; c < w; c++) part += (row[c] - mean) * d_att[r * w + c];
         total += part;
     }
     return total;
 }
 
+/* Add to d (n) the multiple of g (n) that makes sum_i g_i d_i equal target: the rounding errors of d along g go. */
+static void project(float *restrict d, const float *restrict g, double target, int64_t n) {
+    double dot = 0.0, norm = 0.0;
+    for (int64_t i = 0; i < n; i++) dot += (double)g[i] * d[i], norm += (double)g[i] * g[i];
+    if (norm > 0.0) {
+        const float shift = (float)((target - dot) / norm);
+        for (int64_t i = 0; i < n; i++) d[i] += shift * g[i];
+    }
+}
+
 /* One channel: dx = grad * att + dy * gate_h * gate_w with dy = alpha * (d_att - mean_d) + slope * (y - mean), the
-   GroupNorm's backward; the gradients of the gates (before their sigmoid) into dgh (h) and dgw (w). */
+   GroupNorm's backward; the gradients of the gates' logits into dgh (h) and dgw (w), through the sigmoid's derivatives
+   derivs (h + w). sum_dy_y: sum_p dy * y, known in closed form (see group_backward); the gates' gradients before
+   the sigmoid, weighted by the gates, add up to it exactly, and are corrected so that their float sums do too. */
 static void direct_part(const float *restrict go, const float *xo, const float *restrict att,
-                        const float *restrict d_att, const float *gh, const float *gw, float alpha, float mean_d,
-                        float slope, float mean, float *restrict row, float *restrict dxo, float *restrict dgh,
-                        float *restrict dgw, int64_t h, int64_t w) {
+                        const float *restrict d_att, const float *gh, const float *gw, const float *restrict derivs,
+                        float alpha, float mean_d, float slope, float mean, double sum_dy_y, float *restrict row,
+                        float *restrict dxo, float *restrict dgh, float *restrict dgw, int64_t h, int64_t w) {
     for (int64_t c = 0; c < w; c++) dgw[c] = 0.0f;
     for (int64_t r = 0; r < h; r++) {
         const int64_t at = r * w;
@@ -71,8 +88,10 @@ static void direct_part(const float *restrict go, const float *xo, const float *
         }
         dgh[r] = part;
     }
-    for (int64_t r = 0; r < h; r++) dgh[r] *= gh[r] * (1.0f - gh[r]);
-    for (int64_t c = 0; c < w; c++) dgw[c] *= gw[c] * (1.0f - gw[c]);
+    project(dgh, gh, sum_dy_y, h);
+    project(dgw, gw, sum_dy_y, w);
+    for (int64_t r = 0; r < h; r++) dgh[r] *= derivs[r];
+    for (int64_t c = 0; c < w; c++) dgw[c] *= derivs[h + c];
 }
 
 /* One channel's zero-padded 3x3 conv with kernel k: dx += its transpose applied to d_att; d_kernel = sum d_att * x. */
@@ -128,15 +147,15 @@ static void means_part(const float *dp, const float *dw, float *restrict dxo, in
 static void group_backward(const Layer *L, const float *gg, const float *xg, const Saved *sv, float *dxg,
                            const Grads *gr, const Scratch *sc) {
     const int64_t cg = L->cg, h = L->h, w = L->w, hw = h * w, hpw = h + w;
-    const double sum_d = map_grad(gg, xg, sv->att, sc->d_att, cg, hw);
+    const double sum_d = map_grad(gg, xg, sv->map, sc->att, sc->att_deriv, sc->d_att, cg, hw);
     const float mean_d = (float)(sum_d / (double)hw);
     *gr->sum_d = (float)sum_d;
     /* GroupNorm: q, then the softmax backward of d_s2 = gamma * hw * q + bias * sum_d. */
     float weighted = 0.0f;
     for (int64_t o = 0; o < cg; o++) {
         const float *gh = sv->gates + o * hpw;
-        const double dot = gated_dot(xg + o * hw, gh, gh + h, sc->d_att, sc->row, h, w);
-        const float q = sv->rstd[o] * ((float)(dot / (double)hw) - sv->mean[o] * mean_d);
+        const double dot = gated_dot(xg + o * hw, gh, gh + h, sv->mean[o], sc->d_att, sc->row, h, w);
+        const float q = sv->rstd[o] * (float)(dot / (double)hw);
         gr->q[o] = q;
         gr->d_logits[o] = L->gamma[o] * (float)hw * q + L->bias[o] * (float)sum_d;
         weighted += sv->s2[o] * gr->d_logits[o];
@@ -154,8 +173,11 @@ static void group_backward(const Layer *L, const float *gg, const float *xg, con
     for (int64_t o = 0; o < cg; o++) {
         const float *gh = sv->gates + o * hpw;
         float *dgh = gr->d_gates + o * hpw;
-        direct_part(gg + o * hw, xg + o * hw, sv->att, sc->d_att, gh, gh + h, sc->alpha[o], mean_d, sc->slope[o],
-                    sv->mean[o], sc->row, dxg + o * hw, dgh, dgh + h, h, w);
+        /* sum_p dy * y = alpha * sum_p (d_att - mean_d - rstd^2 mean(u d_att) u) (u + mean), u = y - mean, is
+           alpha * hw * mean(u d_att) * (1 - var * rstd^2) = alpha * hw * q * eps * rstd. */
+        const double sum_dy_y = (double)sc->alpha[o] * (double)hw * gr->q[o] * L->eps * sv->rstd[o];
+        direct_part(gg + o * hw, xg + o * hw, sc->att, sc->d_att, gh, gh + h, sv->gate_deriv + o * hpw, sc->alpha[o],
+                    mean_d, sc->slope[o], sv->mean[o], sum_dy_y, sc->row, dxg + o * hw, dgh, dgh + h, h, w);
         conv_part(xg + o * hw, sc->d_att, L->kernel + o * 9, dxg + o * hw, gr->d_kernel + o * 9, h, w);
     }
     /* The 1x1 conv mixes channels: d_pooled = w1^T d_gates, then the means' part of every channel. */
@@ -173,28 +195,29 @@ static void group_backward(const Layer *L, const float *gg, const float *xg, con
 /* Returns 0, or -1 if memory for the scratch buffers is missing. Saved: as filled by ema_forward_f32. */
 int ema_backward_f32(const float *grad, const float *x, const float *w1, const float *b1, const float *w3,
                      const float *b3, const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h,
-                     int64_t w, int threads, float *att, float *gates, float *pooled, float *windows, float *s2,
-                     float *mean, float *rstd, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
+                     int64_t w, float eps, int threads, float *map, float *gates, float *pooled, float *windows, float *s2,
+                     float *mean, float *rstd, float *gate_deriv, float *dx, float *d_kernel, float *d_gates, float *d_logits, float *q,
                      float *sum_d) {
-    Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, 0.0f, NULL, NULL, NULL};
+    Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, eps, NULL, NULL, NULL};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
     if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        Scratch sc = {malloc(sizeof(float) * hw),      malloc(sizeof(float) * cg),       malloc(sizeof(float) * cg),
-                      malloc(sizeof(float) * cg * 9), malloc(sizeof(float) * cg * hpw), malloc(sizeof(float) * w)};
-        failed = !sc.d_att || !sc.alpha || !sc.slope || !sc.d_windows || !sc.d_pooled || !sc.row;
+        Scratch sc = {floats(hw), floats(hw), floats(hw), floats(cg), floats(cg), floats(cg * 9), floats(cg * hpw),
+                      floats(w)};
+        failed = !sc.d_att || !sc.att || !sc.att_deriv || !sc.alpha || !sc.slope || !sc.d_windows || !sc.d_pooled ||
+                 !sc.row;
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < groups; n++) {
             if (failed) continue;
-            const Saved sv = {att + n * hw,    gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
-                              s2 + n * cg,     mean + n * cg,        rstd + n * cg};
+            const Saved sv = {map + n * hw, gates + n * cg * hpw, pooled + n * cg * hpw, windows + n * cg * 9,
+                              s2 + n * cg,  mean + n * cg,        rstd + n * cg,         gate_deriv + n * cg * hpw};
             const Grads gr = {d_kernel + n * cg * 9, d_gates + n * cg * hpw, d_logits + n * cg, q + n * cg, sum_d + n};
             group_backward(&L, grad + n * cg * hw, x + n * cg * hw, &sv, dx + n * cg * hw, &gr, &sc);
         }
-        free(sc.d_att), free(sc.alpha), free(sc.slope), free(sc.d_windows), free(sc.d_pooled);
-        free(sc.row);
+        free_floats(sc.d_att), free_floats(sc.att), free_floats(sc.att_deriv), free_floats(sc.alpha);
+        free_floats(sc.slope), free_floats(sc.d_windows), free_floats(sc.d_pooled), free_floats(sc.row);
     }
     layer_free(&L);
     return failed ? -1 : 0;

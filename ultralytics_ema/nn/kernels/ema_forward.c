@@ -61,7 +61,7 @@ static void gated_stats(const float *xo, const float *gh, const float *gw, int64
         squares += part;
     }
     *mean_out = mean;
-    *rstd_out = 1.0f / sqrtf((float)(squares / (double)hw) + eps);
+    *rstd_out = (float)(1.0 / sqrt(squares / (double)hw + (double)eps)); /* double: no approximate rsqrt */
 }
 
 /* att += the zero-padded 3x3 conv of one channel xi with kernel k (9 taps) plus scale * (y - mean), the channel's
@@ -81,11 +81,12 @@ static void add_channel(float *restrict att, const float *restrict xi, const flo
 }
 
 /* The layer for one group: cg channels of one image at xg, written to og. sv holds this group's slices of the kept
-   results (or of one thread's scratch memory in inference); y: scratch memory for cg * h * w values; zeros: w zeros. */
+   results (or of one thread's scratch memory in inference, with map and gate_deriv NULL); att, y: scratch memory for
+   h * w and cg * h * w values; zeros: w zeros. */
 static void group_forward(const Layer *L, const float *restrict xg, float *restrict og, const Saved *sv,
-                          float *restrict y, const float *restrict zeros) {
+                          float *restrict att, float *restrict y, const float *restrict zeros) {
     const int64_t cg = L->cg, h = L->h, w = L->w, hw = h * w, hpw = h + w;
-    float *restrict gates = sv->gates, *restrict att = sv->att, *restrict s2 = sv->s2;
+    float *restrict gates = sv->gates, *restrict s2 = sv->s2;
     pool(xg, sv->pooled, sv->windows, cg, h, w);
     /* gates = sigmoid(conv1x1(pooled)); s2 = softmax of the 3x3 conv output's spatial means. */
     for (int64_t o = 0; o < cg; o++) {
@@ -95,7 +96,7 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
             const float wt = L->w1[o * cg + i], *restrict pi = sv->pooled + i * hpw;
             for (int64_t t = 0; t < hpw; t++) go[t] += wt * pi[t];
         }
-        sigmoid_inplace(go, hpw);
+        sigmoid_inplace(go, sv->gate_deriv ? sv->gate_deriv + o * hpw : NULL, hpw);
         for (int64_t j = 0; j < cg * 9; j++) s += L->w3[o * cg * 9 + j] * sv->windows[j];
         s2[o] = s;
     }
@@ -112,7 +113,8 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
         const float scale = s2[i] * L->gamma[i] * sv->rstd[i];
         add_channel(att, xg + i * hw, y + i * hw, L->kernel + i * 9, scale, sv->mean[i], zeros, h, w);
     }
-    sigmoid_inplace(att, hw);
+    if (sv->map) memcpy(sv->map, att, sizeof(float) * (size_t)hw);
+    sigmoid_inplace(att, NULL, hw);
     for (int64_t i = 0; i < cg; i++) {
         const float *restrict xi = xg + i * hw;
         float *restrict oi = og + i * hw;
@@ -122,43 +124,43 @@ static void group_forward(const Layer *L, const float *restrict xg, float *restr
 
 /* Slices of group n of the kept results (all pointers NULL: none kept). */
 static Saved slice(const Saved *all, int64_t n, int64_t cg, int64_t h, int64_t w) {
-    const Saved s = {all->att + n * h * w,   all->gates + n * cg * (h + w), all->pooled + n * cg * (h + w),
+    const Saved s = {all->map + n * h * w,   all->gates + n * cg * (h + w), all->pooled + n * cg * (h + w),
                      all->windows + n * cg * 9, all->s2 + n * cg,          all->mean + n * cg,
-                     all->rstd + n * cg};
+                     all->rstd + n * cg,       all->gate_deriv + n * cg * (h + w)};
     return s;
 }
 
-/* Returns 0, or -1 if memory for the scratch buffers is missing. keep: the Saved arrays to fill, or all NULL. */
+/* Returns 0, or -1 if memory for the scratch buffers is missing. map ... gate_deriv: the Saved arrays to fill (for the
+   backward pass), or all NULL. */
 int ema_forward_f32(const float *x, float *out, const float *w1, const float *b1, const float *w3, const float *b3,
                     const float *gamma, const float *beta, int64_t groups, int64_t cg, int64_t h, int64_t w,
-                    float eps, int threads, float *att, float *gates, float *pooled, float *windows, float *s2,
-                    float *mean, float *rstd) {
+                    float eps, int threads, float *map, float *gates, float *pooled, float *windows, float *s2,
+                    float *mean, float *rstd, float *gate_deriv) {
     Layer L = {w1, b1, w3, b3, gamma, beta, groups, cg, h, w, eps, NULL, NULL, NULL};
-    const Saved keep = {att, gates, pooled, windows, s2, mean, rstd};
+    const Saved keep = {map, gates, pooled, windows, s2, mean, rstd, gate_deriv};
     const int64_t hw = h * w, hpw = h + w;
     int failed = 0;
     if (layer_init(&L)) return -1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Saved scratch = {0};
-        float *y = malloc(sizeof(float) * cg * hw), *zeros = calloc(w, sizeof(float));
-        failed = !y || !zeros;
-        if (!keep.att) { /* inference: one thread's scratch memory, reused for each of its groups */
-            scratch = (Saved){malloc(sizeof(float) * hw),     malloc(sizeof(float) * cg * hpw),
-                              malloc(sizeof(float) * cg * hpw), malloc(sizeof(float) * cg * 9),
-                              malloc(sizeof(float) * cg),      malloc(sizeof(float) * cg),
-                              malloc(sizeof(float) * cg)};
-            failed = failed || !scratch.att || !scratch.gates || !scratch.pooled || !scratch.windows || !scratch.s2 ||
-                     !scratch.mean || !scratch.rstd;
+        float *att = floats(hw), *y = floats(cg * hw), *zeros = floats(w);
+        failed = !att || !y || !zeros;
+        if (zeros) memset(zeros, 0, sizeof(float) * (size_t)w);
+        if (!keep.map) { /* inference: one thread's scratch memory, reused for each of its groups */
+            scratch = (Saved){NULL, floats(cg * hpw), floats(cg * hpw), floats(cg * 9), floats(cg), floats(cg),
+                              floats(cg), NULL};
+            failed = failed || !scratch.gates || !scratch.pooled || !scratch.windows || !scratch.s2 || !scratch.mean ||
+                     !scratch.rstd;
         }
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < groups; n++) {
             if (failed) continue;
-            const Saved sv = keep.att ? slice(&keep, n, cg, h, w) : scratch;
-            group_forward(&L, x + n * cg * hw, out + n * cg * hw, &sv, y, zeros);
+            const Saved sv = keep.map ? slice(&keep, n, cg, h, w) : scratch;
+            group_forward(&L, x + n * cg * hw, out + n * cg * hw, &sv, att, y, zeros);
         }
-        free(y), free(zeros), free(scratch.att), free(scratch.gates), free(scratch.pooled), free(scratch.windows);
-        free(scratch.s2), free(scratch.mean), free(scratch.rstd);
+        free_floats(att), free_floats(y), free_floats(zeros), free_floats(scratch.gates), free_floats(scratch.pooled);
+        free_floats(scratch.windows), free_floats(scratch.s2), free_floats(scratch.mean), free_floats(scratch.rstd);
     }
     layer_free(&L);
     return failed ? -1 : 0;
