@@ -23,12 +23,13 @@ def command(*args: str, **kwargs):
 @pytest.mark.parametrize(
     "name, words",
     [
-        ("", ["prepare", "train", "val", "compare", "benchmark", EXIT_STATUS]),
+        ("", ["prepare", "train", "val", "compare", "benchmark", "deploy", EXIT_STATUS]),
         ("prepare", ["coco", "visdrone"]),
         ("train", ["--model", "--data-dir", "epochs=300 imgsz=640", "key=value", "pretrained=yolo11s.pt"]),
         ("val", ["--model PT", "--data", "key=value", "required"]),
         ("compare", ["--models", "--latency-runs", "comparison.md", "yolo11n-ema-backbone.yaml"]),
         ("benchmark", ["--quick", "--only", "--threads"]),
+        ("deploy", ["--stock", "--ema", "--formats", "--python", "yolo benchmark"]),
         ("prepare visdrone", ["--source", "--out", "--copy", "zero-area", "A re-run mirrors"]),
         ("prepare coco", ["--source", "--out", "--copy", "convert_coco", "duplicate image", "zero-area"]),
     ],
@@ -88,7 +89,15 @@ def test_bad_input_of_the_installed_command(args: list[str], message: str, tmp_p
 
 def test_every_command_named_in_messages_exists():
     """Package, dataset YAMLs and README tell users to run 'ultralytics-ema ...': each names a real subcommand."""
-    known = {"prepare coco", "prepare visdrone", "train", "val", "compare", "benchmark"}  # test_help runs each
+    known = {
+        "prepare coco",
+        "prepare visdrone",
+        "train",
+        "val",
+        "compare",
+        "benchmark",
+        "deploy",
+    }  # test_help runs each
     files = [*(ROOT / "ultralytics_ema").rglob("*.py"), *(ROOT / "cfg").rglob("*.yaml"), ROOT / "README.md"]
     named = set()
     for f in files:

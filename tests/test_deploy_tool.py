@@ -1,4 +1,4 @@
-"""``python -m ultralytics_ema.tools.deploy``: the deploy matrix, run end to end on the tiny checkpoint (TorchScript
+"""``ultralytics-ema deploy``: the deploy matrix, run end to end on the tiny checkpoint (TorchScript
 only; the full matrix, with the heavy runtimes in their own environments, is the documented slow run)."""
 
 from __future__ import annotations
@@ -7,19 +7,38 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_ok, run
+from conftest import BIN, assert_ok, run
 
 from ultralytics_ema.tools.deploy import pythons
 
 
 def deploy(*args: str, cwd: Path) -> str:
-    """Run the tool in a fresh interpreter; return its output."""
-    return assert_ok(run([sys.executable, "-m", "ultralytics_ema.tools.deploy", *args], cwd=cwd))
+    """Run the installed command in a fresh process; return its output."""
+    return assert_ok(run([str(BIN / "ultralytics-ema"), "deploy", *args], cwd=cwd))
 
 
 def test_help(tmp_path: Path):
     out = deploy("--help", cwd=tmp_path)
     assert "--stock" in out and "--python" in out and "--formats" in out
+    # python -m of the module is the same command
+    assert assert_ok(run([sys.executable, "-m", "ultralytics_ema.tools.deploy", "--help"], cwd=tmp_path)) == out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--formats", "onnx,tflite2"], "--formats: unknown format(s) tflite2"),
+        (["--python", "onnx"], "--python 'onnx': expected FORMAT[,FORMAT...]=PATH_TO_PYTHON"),
+        (["--stock", "missing.pt"], "--stock missing.pt: no such file"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path, trained: Path):
+    best = str(trained / "weights" / "best.pt")
+    done = run([str(BIN / "ultralytics-ema"), "deploy", "--stock", best, "--ema", best, *args], cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"ultralytics-ema deploy: error: {message}"), line
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_matrix_torchscript(trained: Path, tiny_data: Path, tmp_path: Path):
@@ -46,5 +65,5 @@ def test_python_option_parsing():
         "pb": "/tf/python",
         "paddle": "/pd/python",
     }
-    with pytest.raises(SystemExit, match="FORMAT"):
+    with pytest.raises(ValueError, match="FORMAT"):
         pythons(["saved_model"])

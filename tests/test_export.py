@@ -4,7 +4,7 @@ Every export runs in a fresh ``yolo export`` process, as a user runs it; the exp
 Ultralytics' ``AutoBackend`` (the way ``yolo predict`` and ``yolo val`` run it) and its raw detection output compared
 with the PyTorch checkpoint's on the same input. Formats whose runtime is not installed are skipped (they come with
 ``pip install ultralytics-ema[deploy]``, part of the test extra). TensorFlow, LiteRT, PaddlePaddle, ExecuTorch and
-CoreML need runtimes that conflict with this environment; ``python -m ultralytics_ema.tools.deploy`` checks them.
+CoreML need runtimes that conflict with this environment; ``ultralytics-ema deploy`` checks them.
 """
 
 from __future__ import annotations

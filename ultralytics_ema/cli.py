@@ -1,6 +1,6 @@
 """The ``ultralytics-ema`` command: dataset preparation, training and validation by short dataset name, the
-baseline-vs-EMA comparison and the CPU benchmark. Installed with the package (``[project.scripts]``);
-``python -m ultralytics_ema`` is the same command.
+baseline-vs-EMA comparison, the CPU benchmark and the deploy matrix (every export format). Installed with the package
+(``[project.scripts]``); ``python -m ultralytics_ema`` is the same command.
 
 Options of this package are ``--options``; everything of the form ``key=value`` goes to Ultralytics unchanged, typed
 as the ``yolo`` command types it (``epochs=3 device=0 batch=32``). Long work shows Ultralytics' progress bars.
@@ -15,6 +15,7 @@ Examples:
     ultralytics-ema val --model runs/detect/train/weights/best.pt --data coco --data-dir /data/coco
     ultralytics-ema compare --data demo
     ultralytics-ema benchmark --quick
+    ultralytics-ema deploy --stock yolo11n/best.pt --ema yolo11n-ema/best.pt --data ema-demo.yaml
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def build_parser() -> Parser:
 
     parser = Parser(
         prog="ultralytics-ema",
-        description="EMA attention for Ultralytics YOLO: prepare datasets, train, validate, compare, benchmark.",
+        description="EMA attention for Ultralytics YOLO: prepare data, train, validate, compare, benchmark, deploy.",
         epilog="key=value arguments go to Ultralytics unchanged; see 'ultralytics-ema COMMAND --help'.\n" + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -217,6 +218,20 @@ def build_parser() -> Parser:
     benchmark.add_argument("--quick", action="store_true", help="YOLO11n shapes only, fewer repeats, smaller step")
     benchmark.add_argument("--only", choices=["module", "model"], help="run one of the two benchmarks")
     benchmark.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
+
+    from ultralytics_ema.tools import deploy  # light: the tool runs Ultralytics in subprocesses
+
+    deploy_command = _command(
+        commands,
+        "deploy",
+        "export a stock and an EMA checkpoint to every CPU format, validate and time each",
+        _deploy,
+        description=deploy.__doc__.split("\n\nRuns offline")[0],
+        epilog=f"{EXIT_STATUS}\nexamples:\n"
+        "  ultralytics-ema deploy --stock yolo11n/best.pt --ema yolo11n-ema/best.pt --data ema-demo.yaml\n"
+        "  ultralytics-ema deploy ... --formats all --python saved_model,pb,litert=tf/bin/python\n",
+    )
+    deploy.add_arguments(deploy_command)
     return parser
 
 
@@ -380,6 +395,17 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ultralytics_ema.tools.benchmark import benchmark
 
     benchmark(quick=args.quick, only=args.only, threads=args.threads)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """``ultralytics-ema deploy``."""
+    from ultralytics_ema.tools.deploy import deploy
+
+    try:
+        deploy(args)
+    except ValueError as e:
+        args.parser.fail(e)
     return 0
 
 

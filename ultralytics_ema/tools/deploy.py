@@ -14,8 +14,8 @@ locally: onnx2tf's calibration sample (SavedModel, GraphDef) is written into the
 which runs ``pip install`` of its telemetry SDK when that is missing, finds a ``pip`` on PATH that refuses.
 
 Examples:
-    python -m ultralytics_ema.tools.deploy --stock yolo11n.pt --ema yolo11n-ema.pt --data ema-demo.yaml --imgsz 128
-    python -m ultralytics_ema.tools.deploy ... --formats all \\
+    ultralytics-ema deploy --stock yolo11n.pt --ema yolo11n-ema.pt --data ema-demo.yaml --imgsz 128
+    ultralytics-ema deploy ... --formats all \\
         --python saved_model,pb=.venvs/tf/bin/python --python paddle=.venvs/paddle/bin/python
 """
 
@@ -160,7 +160,7 @@ def pythons(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         formats, sep, python = spec.partition("=")
         if not sep or not python:
-            raise SystemExit(f"--python {spec!r}: expected FORMAT[,FORMAT...]=PATH_TO_PYTHON")
+            raise ValueError(f"--python {spec!r}: expected FORMAT[,FORMAT...]=PATH_TO_PYTHON")
         table.update(dict.fromkeys(formats.split(","), os.path.abspath(python)))  # runs use other working folders
     return table
 
@@ -226,9 +226,8 @@ def latencies(rows: list, models: dict, python: dict, args: argparse.Namespace, 
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the matrix (or the timing only), print (and optionally write) the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the deploy matrix (``ultralytics-ema deploy``)."""
     parser.add_argument("--stock", required=True, help="stock checkpoint (e.g. a trained yolo11n best.pt)")
     parser.add_argument("--ema", required=True, help="EMA checkpoint (e.g. a trained yolo11n-ema best.pt)")
     parser.add_argument("--data", default="ema-demo.yaml", help="dataset YAML for validation and INT8 calibration")
@@ -241,12 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol", type=float, default=0.01, help="allowed mAP50-95 difference to PyTorch")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per export/validation run")
     parser.add_argument("--output", help="also write the table to this markdown file")
-    args = parser.parse_args(argv)
 
+
+def deploy(args: argparse.Namespace) -> list[str]:
+    """Run the matrix (or the timing only) for ``args`` (see :func:`add_arguments`); return the markdown table.
+
+    Raises:
+        ValueError: For an unknown format, a malformed ``--python`` or a checkpoint that does not exist (one line).
+    """
     wanted = {"fast": FAST, "all": [r[1] for r in ROWS if r[1] != "-"]}.get(args.formats, args.formats.split(","))
     unknown = set(wanted) - {r[1] for r in ROWS}
     if unknown:
-        raise SystemExit(f"--formats: unknown format(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"--formats: unknown format(s) {', '.join(sorted(unknown))}")
+    for flag, weights in (("--stock", args.stock), ("--ema", args.ema)):
+        if not Path(weights).is_file():
+            raise ValueError(f"{flag} {weights}: no such file (a trained checkpoint such as .../weights/best.pt)")
+    python = pythons(args.python)
     rows = [r for r in ROWS if r[1] in wanted]
     nms = any(r[2].get("nms") for r in rows)
     rows = [r for r in ROWS if r[1] == "-" and (nms or not r[2].get("nms"))] + rows  # the references of the others
@@ -262,11 +271,18 @@ def main(argv: list[str] | None = None) -> int:
             import numpy as np
 
             np.save(folder / CALIBRATION, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-    table = (latencies if args.latency_only else matrix)(rows, models, pythons(args.python), args, env, log)
+    table = (latencies if args.latency_only else matrix)(rows, models, python, args, env, log)
     if args.output:
         Path(args.output).write_text("\n".join(table) + "\n")
     print(f"\nLogs: {log}")
-    return 0
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ultralytics_ema.tools.deploy``: the same as ``ultralytics-ema deploy``."""
+    from ultralytics_ema.cli import main as cli
+
+    return cli(["deploy", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
