@@ -48,10 +48,9 @@ def test_matrix_torchscript(trained: Path, tiny_data: Path, tmp_path: Path):
     args = ["--stock", str(best), "--ema", str(best), "--data", str(tiny_data), "--imgsz", "64"]
     args += ["--formats", "torchscript"]
     deploy(*args, "--repeats", "3", "--project", str(tmp_path / "deploy"), "--output", str(table), cwd=tmp_path)
-    rows = {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in table.read_text().splitlines()[2:]
-    }
+    lines = table.read_text().splitlines()
+    assert lines[0].split("|")[3].strip() == "stock mAP50-95(B)"  # the column names the task's metric
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
     assert list(rows) == ["PyTorch", "TorchScript"]
     stock_ok, stock_map, ema_ok, ema_map, ratio = rows["TorchScript"]
     assert stock_ok == ema_ok == "✅", rows

@@ -4,10 +4,11 @@ For each format, Ultralytics' own benchmark (``ultralytics.utils.benchmarks.benc
 exports each checkpoint, predicts with the export and validates it on the dataset; then both exports are timed side by
 side in the format's runtime (interleaved repeats). Every step runs in a fresh process of the Python that has the
 format's runtime (``--python``), so runtimes that cannot share one environment (TensorFlow, PaddlePaddle, ExecuTorch,
-CoreML's numpy pin) each get their own. The result is a markdown table: per format, export status and mAP50-95 of
-the stock and the EMA model, and the EMA/stock latency ratio; a format passes when its export validates and its
-mAP50-95 is within ``--tol`` of the same model's PyTorch row (with NMS in the model for the ``nms`` rows). CoreML
-cannot run on Linux: its row checks the converted spec.
+CoreML's numpy pin) each get their own. The result is a markdown table: per format, export status and the task's metric
+(Ultralytics' benchmark's: mAP50-95 of boxes, masks, keypoints, ..., top-1 accuracy) of the stock and the EMA model, and
+the EMA/stock latency ratio; a format passes when its export validates and its metric is within ``--tol`` of the same
+model's PyTorch row (with NMS in the model for the ``nms`` rows). CoreML cannot run on Linux: its row checks the
+converted spec.
 
 Runs offline (``YOLO_OFFLINE=1``; Ultralytics' auto-install is off). Two things the exporters would fetch are made
 locally: onnx2tf's calibration sample (SavedModel, GraphDef) is written into the working folder, and MNN's converter,
@@ -165,20 +166,27 @@ def pythons(specs: list[str]) -> dict[str, str]:
     return table
 
 
-def matrix(rows: list, models: dict, python: dict, args: argparse.Namespace, env: dict, log: Path) -> list[str]:
-    """Benchmark each row's format for both models, time the two exports; return the markdown table's lines."""
+def header(metric: str) -> list[str]:
+    """The matrix table's header (printed at once), its metric columns named by the task's metric."""
     table = [
-        "| format | stock | stock mAP50-95 | EMA | EMA mAP50-95 | EMA/stock latency |",
+        f"| format | stock | stock {metric} | EMA | EMA {metric} | EMA/stock latency |",
         "|---|---|---:|---|---:|---:|",
     ]
     print("\n".join(table), flush=True)
-    reference = {}
+    return table
+
+
+def matrix(rows: list, models: dict, python: dict, args: argparse.Namespace, env: dict, log: Path) -> list[str]:
+    """Benchmark each row's format for both models, time the two exports; return the markdown table's lines."""
+    table, reference = [], {}
     for label, fmt, kwargs in rows:
         exe = python.get(fmt, sys.executable)
         cells, paths = [], []
         for name, weights in models.items():
             bench_args = [str(weights), args.data, str(args.imgsz), fmt, json.dumps(kwargs)]
             got, out = run(exe, BENCH, bench_args, weights.parent, env, log, args.timeout)
+            if got and not table:  # the header names the task's metric: mAP50-95(B), mAP50-95(M), ..., top1_acc
+                table = header(got["columns"][4].removeprefix("metrics/"))
             status, metric = ("no result", None) if got is None else (got["row"][2], got["row"][4])
             mAP = float(metric) if metric not in (None, "-", "None") else None
             key = (name, bool(kwargs.get("nms")))  # rows with NMS in the graph compare with PyTorch with NMS
@@ -199,6 +207,7 @@ def matrix(rows: list, models: dict, python: dict, args: argparse.Namespace, env
         if fmt not in ("-", "coreml") and all(paths) and "-" not in (cells[1], cells[3]):
             ms = timed(exe, paths, args, env, log)
             ratio = f"{ms[1] / ms[0]:.3f} ({ms[0]:.1f} / {ms[1]:.1f} ms)" if ms else "-"
+        table = table or header("mAP50-95")  # no run gave a result: no metric name to read
         table.append(f"| {label} | {' | '.join(cells)} | {ratio} |")
         print(table[-1], flush=True)
     return table
