@@ -44,7 +44,7 @@ from ultralytics_ema.data.files import (
     DatasetSourceError,
     atomic_write_text,
     check_output_folder,
-    mirror_folder,
+    mirror_split,
     place_file,
     remove_stale_temps,
     write_data_yaml,
@@ -429,9 +429,7 @@ def prepare_coco(source: str | Path, out: str | Path, copy: bool = False) -> Coc
             how = place_file(img, img_out / rel, copy=copy)
             summary.placed[how] += 1
             changed |= how != "unchanged"
-        counts.removed = mirror_folder(img_out, present) + mirror_folder(lbl_out, {f"{r}.txt" for r in label_boxes})
-        if changed or counts.removed:
-            (out / "labels" / f"{split}.cache").unlink(missing_ok=True)  # Ultralytics' label cache of the split
+        counts.removed = mirror_split(out, split, present, {f"{r}.txt" for r in label_boxes}, changed)
         counts.images, counts.label_files = _count_files(img_out), _count_files(lbl_out)
         counts.boxes = sum(label_boxes.values())
         counts.background = sum(Path(p).with_suffix("").as_posix() not in label_boxes for p in present)

@@ -4,7 +4,8 @@ output folder that stays out of the source and mirrors it.
 Every file goes to a temporary name in its final folder (``.<name>.<pid>.tmp``) and is then renamed into place, so an
 interrupted run leaves no half-written file; :func:`remove_stale_temps` clears what an interrupted run left.
 :func:`check_output_folder` refuses an output folder inside a source folder (its files would be read back as source
-files); :func:`mirror_folder` removes from an output split folder what the current source no longer has.
+files); :func:`mirror_folder` removes from an output split folder what the current source no longer has, and
+:func:`mirror_split` does so for a split's image and label folders and drops Ultralytics' stale label cache.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_folder",
     "mirror_folder",
+    "mirror_split",
     "place_file",
     "remove_stale_temps",
     "write_data_yaml",
@@ -83,6 +85,28 @@ def mirror_folder(folder: str | Path, keep: Iterable[str]) -> int:
             p.unlink()
             n += 1
     return n
+
+
+def mirror_split(out: str | Path, split: str, images: Iterable[str], labels: Iterable[str], changed: bool) -> int:
+    """Make a converted split mirror its source: ``out/images/<split>`` keeps only ``images`` and ``out/labels/<split>``
+    only ``labels`` (see :func:`mirror_folder`); if the split changed, Ultralytics' label cache of it
+    (``out/labels/<split>.cache``, which it would otherwise trust) is deleted.
+
+    Args:
+        out (str | Path): The output folder.
+        split (str): The split's folder name (``val2017``, ``val``).
+        images (Iterable[str]): Image paths relative to ``out/images/<split>`` (POSIX) that the source produced.
+        labels (Iterable[str]): Label paths relative to ``out/labels/<split>`` (POSIX) that the source produced.
+        changed (bool): Whether this run wrote or replaced a file of the split.
+
+    Returns:
+        (int): Number of files deleted from the two folders.
+    """
+    out = Path(out)
+    removed = mirror_folder(out / "images" / split, images) + mirror_folder(out / "labels" / split, labels)
+    if changed or removed:
+        (out / "labels" / f"{split}.cache").unlink(missing_ok=True)
+    return removed
 
 
 def _temp_name(path: Path) -> Path:

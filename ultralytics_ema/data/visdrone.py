@@ -33,7 +33,7 @@ from ultralytics_ema.data.files import (
     DatasetSourceError,
     atomic_write_text,
     check_output_folder,
-    mirror_folder,
+    mirror_split,
     place_file,
     remove_stale_temps,
     write_data_yaml,
@@ -302,10 +302,7 @@ def prepare_visdrone(source: str | Path, out: str | Path, copy: bool = False) ->
             placed.add(img.name)
             changed |= how != "unchanged"
         summary.orphans += len(annotations)
-        removed = mirror_folder(img_out, placed) + mirror_folder(lbl_out, written)
-        if changed or removed:
-            (out / "labels" / f"{split}.cache").unlink(missing_ok=True)  # Ultralytics' label cache of the split
-        summary.removed += removed
+        summary.removed += mirror_split(out, split, placed, written, changed)
     summary.kept = [s for s in ("train", "val", "test") if s not in summary.images and (out / "images" / s).is_dir()]
 
     present = [s for s in ("train", "val", "test") if (out / "images" / s).is_dir()]
