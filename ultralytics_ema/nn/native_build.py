@@ -259,8 +259,9 @@ def _usable(folder: Path, private: bool) -> str | None:
     this user's alone (see :func:`_foreign`)."""
     try:
         folder.mkdir(parents=True, exist_ok=True, **({"mode": 0o700} if private else {}))
-        if private and _foreign(folder):
-            return _foreign(folder)
+        foreign = _foreign(folder) if private else None
+        if foreign:
+            return foreign
         fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
         os.close(fd)
         os.unlink(probe)
@@ -300,15 +301,15 @@ def _turn(folder: Path, deadline: float) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _targets(compiler: str, version: str, folder: Path) -> list[tuple[list[str], Path]]:
-    """The flag sets and their library paths in ``folder``, in the order they are tried."""
+def _library_names(compiler: str, version: str) -> list[tuple[list[str], str]]:
+    """The flag sets and their library file names (the same in every folder), in the order they are tried."""
     suffix = ".dll" if sys.platform == "win32" else ".so"
     source, cpu = "".join(p.read_text() for p in (*HEADERS, *SOURCES)), _cpu_features()
-    targets = []
+    names = []
     for flags in OPTIONAL_FLAGS:
         key = "\n".join([source, compiler, version, " ".join(BASE_FLAGS + flags), cpu])
-        targets.append((flags, folder / f"ema_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"))
-    return targets
+        names.append((flags, f"ema_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"))
+    return names
 
 
 def load() -> ctypes.CDLL:
@@ -321,12 +322,14 @@ def load() -> ctypes.CDLL:
     version, error = _run([compiler, "--version"], deadline)
     if error:
         raise BuildError(error)
+    names = _library_names(compiler, version)
     folders = [cache_dir(), fallback_dir()]  # the second only if this user's alone
     damaged = {}
     for i, folder in enumerate(folders):
         if i and _foreign(folder):
             continue
-        for _, target in _targets(compiler, version, folder):
+        for _, name in names:
+            target = folder / name
             if target.exists():
                 lib, problem = _open(target)
                 if lib is not None:
@@ -344,7 +347,7 @@ def load() -> ctypes.CDLL:
         log("warning", f"cannot write to the kernels' cache folder ({reasons[0]}); using {folder}")
     if folder in damaged:
         log("warning", f"rebuilding the cached kernels, which must not be loaded ({damaged[folder]})")
-    targets = _targets(compiler, version, folder)
+    targets = [(flags, folder / name) for flags, name in names]
     with _turn(folder, deadline):
         for _, target in targets:  # built by another process while this one waited for its turn
             lib = _open(target)[0] if target.exists() else None
