@@ -162,7 +162,7 @@ def _watch(model: nn.Module) -> Iterator[set[str]]:
             del model._remap_cls_by_names
     now = model.state_dict().get(FIRST_CONV)
     changed = first is not None and now is not None and (first.shape != now.shape or not torch.equal(first, now))
-    if changed and FIRST_CONV not in copied:
+    if changed:
         copied.add(FIRST_CONV)
 
 
