@@ -146,6 +146,20 @@ def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return lines
 
 
+def write_image(path: Path, width: int, height: int) -> None:
+    """Write a plain grey image of ``width`` x ``height`` (format from the suffix), creating its folder."""
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((height, width, 3), 127, np.uint8))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """All files under ``folder`` (relative POSIX path -> bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def assert_out_refused(dataset: str, source: Path, where: str) -> None:
     """``ultralytics-ema prepare <dataset>`` with ``--out source/where`` (inside a source folder): refused in one
     line naming the folder, exit status 2, nothing written."""

@@ -53,16 +53,6 @@ def build(cfg: str | dict | Path, **kwargs) -> DetectionModel:
     return DetectionModel(cfg, verbose=False, **kwargs)
 
 
-@pytest.fixture
-def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Warnings the Ultralytics logger would print."""
-    from ultralytics.utils import LOGGER
-
-    lines: list[str] = []
-    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: lines.append(f"WARNING {msg}"))
-    return lines
-
-
 def test_shipped_yamls_are_packaged():
     assert {MODELS[name].relative_to(CFG_DIR / "models").as_posix() for name in SHIPPED} == {f"11/{n}" for n in SHIPPED}
     assert (CFG_DIR / "datasets" / "ema-demo.yaml").is_file()

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import yaml
-from conftest import BIN, assert_out_refused, cli, run
+from conftest import BIN, assert_out_refused, cli, run, snapshot, write_image
 
 from ultralytics_ema.data.coco import CocoAnnotationError, prepare_coco
 
@@ -52,11 +50,6 @@ VAL = {
 }
 
 
-def _image(path: Path, width: int, height: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.full((height, width, 3), 127, np.uint8))
-
-
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """A COCO 2017 download: both instances JSONs, a captions JSON (must be left alone), both image folders."""
@@ -65,27 +58,18 @@ def source(tmp_path: Path) -> Path:
     for split, data in ("train2017", TRAIN), ("val2017", VAL):
         (src / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
         for im in data["images"]:
-            _image(src / split / im["file_name"], im["width"], im["height"])
+            write_image(src / split / im["file_name"], im["width"], im["height"])
     # convert_coco would try (and fail) to convert this too if it saw it: it has no boxes
     (src / "annotations" / "captions_train2017.json").write_text(
         json.dumps({"images": TRAIN["images"], "annotations": [{"id": 1, "image_id": 1, "caption": "a"}]})
     )
-    _image(src / "train2017" / "000000000003.jpg", 64, 48)  # not in the JSON: background
+    write_image(src / "train2017" / "000000000003.jpg", 64, 48)  # not in the JSON: background
     return src
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
 
 
 def _command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed command as a user would."""
     return run([str(BIN / "ultralytics-ema"), "prepare", "coco", *args], cwd=cwd, timeout=300)
-
-
-def _snapshot(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_labels_images_yaml_and_rerun(source: Path, tmp_path: Path) -> None:
@@ -122,9 +106,9 @@ def test_labels_images_yaml_and_rerun(source: Path, tmp_path: Path) -> None:
     assert "  dropped annotations: 4 (crowd 2, zero-area 2, duplicate 0)" in text.splitlines()
     assert "  val2017: 3 images (1 background), 2 label files, 1 boxes" in text.splitlines()
 
-    first = _snapshot(out)
+    first = snapshot(out)
     again = prepare_coco(source, out)  # convert_coco appends to label files: a re-run must not duplicate rows
-    assert _snapshot(out) == first
+    assert snapshot(out) == first
     assert again.placed["unchanged"] == 6
 
 

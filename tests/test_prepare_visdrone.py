@@ -8,11 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import yaml
-from conftest import BIN, assert_out_refused, run
+from conftest import BIN, assert_out_refused, run, snapshot, write_image
 
 from ultralytics_ema.data.visdrone import NAMES, convert_annotation, prepare_visdrone
 
@@ -49,12 +47,6 @@ EXPECTED_SUMMARY = [
 ]
 
 
-def _image(path: Path, width: int, height: int) -> None:
-    """Write a small JPEG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.full((height, width, 3), 127, np.uint8))
-
-
 def _annotation(path: Path, rows: list[str], newline: str = "\n") -> None:
     """Write an annotation file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,34 +58,24 @@ def source(tmp_path: Path) -> Path:
     """A VisDrone download with the three official split folders."""
     src = tmp_path / "src"
     train = src / "VisDrone2019-DET-train"
-    _image(train / "images" / "a.jpg", 40, 30)
+    write_image(train / "images" / "a.jpg", 40, 30)
     _annotation(train / "annotations" / "a.txt", A_ROWS)
-    _image(train / "images" / "b.jpg", 40, 30)
+    write_image(train / "images" / "b.jpg", 40, 30)
     _annotation(train / "annotations" / "b.txt", ["0,0,40,30,0,0,0,0"])  # only an ignored region: empty label file
-    _image(train / "images" / "c.jpg", 40, 30)  # no annotation file: background image
+    write_image(train / "images" / "c.jpg", 40, 30)  # no annotation file: background image
     _annotation(train / "annotations" / "orphan.txt", ["1,1,2,2,1,1,0,0"])  # no image
     val = src / "VisDrone2019-DET-val"
-    _image(val / "images" / "v.jpg", 60, 40)
+    write_image(val / "images" / "v.jpg", 60, 40)
     _annotation(val / "annotations" / "v.txt", ["0,0,60,40,1,10,0,0", "10,10,6,4,1,3,0,0"], newline="\r\n")
     test = src / "VisDrone2019-DET-test-dev"
-    _image(test / "images" / "t.jpg", 40, 30)
+    write_image(test / "images" / "t.jpg", 40, 30)
     _annotation(test / "annotations" / "t.txt", ["10,10,20,10,1,6,0,0,"])
     return src
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:
     """Run the installed command as a user would."""
     return run([str(BIN / "ultralytics-ema"), "prepare", "visdrone", *args], timeout=300)
-
-
-def _snapshot(out: Path) -> dict[str, bytes]:
-    """All files under ``out`` (relative path -> bytes)."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_convert_annotation_rules() -> None:
@@ -164,12 +146,12 @@ def test_yaml_lists_only_present_splits(source: Path, tmp_path: Path) -> None:
 def test_rerun_is_byte_identical(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare_visdrone(source, out)
-    first = _snapshot(out)
+    first = snapshot(out)
     stale = out / "labels" / "train" / ".a.txt.12345.tmp"  # what an interrupted run would leave
     stale.write_text("half")
     summary = prepare_visdrone(source, out)
     assert not stale.exists()
-    assert _snapshot(out) == first
+    assert snapshot(out) == first
     assert summary.placed["unchanged"] == 5 and summary.boxes == 15
 
 
