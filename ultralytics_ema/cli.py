@@ -229,7 +229,8 @@ def build_parser() -> Parser:
         description=deploy.__doc__.split("\n\nRuns offline")[0],
         epilog=f"{EXIT_STATUS}\nexamples:\n"
         "  ultralytics-ema deploy --stock yolo11n/best.pt --ema yolo11n-ema/best.pt --data ema-demo.yaml\n"
-        "  ultralytics-ema deploy ... --formats all --python saved_model,pb,litert=tf/bin/python\n",
+        "  ultralytics-ema deploy ... --formats all --python saved_model,pb=tf/bin/python \\\n"
+        "      --python litert=litert/bin/python\n",
     )
     deploy.add_arguments(deploy_command)
     return parser
