@@ -2,8 +2,8 @@
 unpickling of official-layout checkpoints, bf16 autocast, TorchScript tracing and ONNX export with dynamic shapes.
 Tests that take the ``path`` fixture run three ways: with the native CPU kernel for inference calls (the default where
 it builds), and without it, in PyTorch ops, with both ways of computing the GroupNorm statistics (GroupNorm's own
-kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements, and two reductions, used above it). Calls with
-gradients run the same hand-written backward pass in all three.
+kernel, used below ``ema_function.STATS_MIN_NUMEL`` elements without gradients, and two reductions, used above it and
+in every call with gradients). Calls with gradients run the same hand-written backward pass in all three.
 
 Tolerances: in float32, outputs, input gradients and parameter gradients are compared with :class:`ReferenceEMA` in
 float64 and must be as close to it as the float32 reference is (``FACTOR``, ``PooledErrors``): a fixed tolerance

@@ -23,9 +23,9 @@ full 3x3 conv output (the arithmetic is in :mod:`ultralytics_ema.nn.ema_function
   input's "window means" (the mean over the pixels each tap reads). One matmul of a ``(3, h)`` tap matrix with the
   columns gives the column means and the windows down the columns, a small second one with a ``(w, 3)`` matrix
   the 3x3 window means;
-- the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map. On
-  large inputs (batch 8 at imgsz 640) the GroupNorm is not run at all: its statistics come from two reductions and
-  its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
+- the GroupNorm output enters through one batched matmul, added in place to the conv part of the attention map. In
+  training and on large inputs (batch 8 at imgsz 640) the GroupNorm is not run at all: its statistics come from two
+  reductions and its affine part is folded into the matmul's weights, so no normalised copy of the input is written;
 - training uses a hand-written backward pass (:class:`~ultralytics_ema.nn.ema_function.EMAFunction`) with about a sixth
   of the full-size operations autograd would run; it is exact to float rounding like the forward pass;
 - tracing (TorchScript, ONNX export), torch.compile and torch.export record the same function in the ops that graph
