@@ -51,7 +51,8 @@ IDS = [f"{'x'.join(map(str, shape))}-f{factor}" for shape, factor in CASES]
 
 @pytest.fixture(params=["native", "groupnorm", "moments"])
 def path(request, monkeypatch) -> str:
-    """The native kernel, or PyTorch ops with GroupNorm's kernel (small inputs) or two reductions (large inputs)."""
+    """The native kernel, or PyTorch ops with GroupNorm's kernel (small inputs without gradients) or two reductions
+    (large inputs, and every call with gradients)."""
     if request.param == "native":
         if native.library() is None:
             pytest.skip("the native CPU kernel does not build here (no C compiler)")
